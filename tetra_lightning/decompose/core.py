@@ -1,0 +1,397 @@
+"""Functional compression core: decompose one layer, compress a model in place, replay, recompose."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from tetra_lightning.decompose.base import FactorizedLayer
+from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, TuckerConfig
+from tetra_lightning.decompose.cp import CPConv2d
+from tetra_lightning.decompose.ranks import (
+    check_method,
+    factorized_param_count,
+    layer_shape,
+    resolve_ranks,
+    tt_modes,
+)
+from tetra_lightning.decompose.svd import SVDConv2d, SVDLinear
+from tetra_lightning.decompose.tt import TTConv2d, TTLinear
+from tetra_lightning.decompose.tucker import TuckerConv2d
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+HISTORY_KEYS = ("name", "method", "spec", "ranks", "params_before", "params_after", "rel_error")
+
+
+def _count(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def _build(layer: nn.Linear | nn.Conv2d, config: DecompositionConfig, ranks: tuple[int, ...]) -> FactorizedLayer:
+    shape = layer_shape(layer)
+    method = config.method
+    if method == "svd":
+        if shape.kind == "linear":
+            return SVDLinear.from_dense(layer, ranks[0])
+        return SVDConv2d.from_dense(layer, ranks[0])
+    if method == "tucker":
+        assert isinstance(config, TuckerConfig)
+        return TuckerConv2d.from_dense(layer, (ranks[0], ranks[1]), n_iter_max=config.n_iter_max)
+    if method == "cp":
+        assert isinstance(config, CPConfig)
+        return CPConv2d.from_dense(
+            layer, ranks[0], n_iter_max=config.n_iter_max, l2_reg=config.l2_reg, tol=config.tol, init=config.init
+        )
+    in_modes, out_modes = tt_modes(shape, config)
+    if shape.kind == "linear":
+        return TTLinear.from_dense(layer, ranks, in_modes, out_modes)
+    return TTConv2d.from_dense(layer, ranks, in_modes, out_modes)
+
+
+def _decompose(layer: nn.Module, config: DecompositionConfig, ranks: tuple[int, ...]) -> FactorizedLayer:
+    dense = layer.to_dense() if isinstance(layer, FactorizedLayer) else layer
+    with torch.no_grad():
+        module = _build(dense, config, ranks)  # type: ignore[arg-type]
+    module.train(layer.training)
+    trainable = any(parameter.requires_grad for parameter in layer.parameters())
+    module.requires_grad_(trainable)
+    return module
+
+
+def decompose_layer(layer: nn.Module, config: DecompositionConfig) -> FactorizedLayer:
+    """Factorize one layer (``nn.Linear``, ``nn.Conv2d``, or an existing ``FactorizedLayer``).
+
+    A ``FactorizedLayer`` is first recomposed to its dense weight and decomposed again with ``config``
+    (iterative compression: pass a lower rank than it has). The result has the layer's device, dtype,
+    training mode and ``requires_grad``.
+
+    Args:
+        layer: the layer to factorize.
+        config: ``SVDConfig``, ``TuckerConfig``, ``CPConfig`` or ``TTConfig``.
+
+    Returns:
+        The factorized layer; ``rel_error`` holds the relative weight error.
+
+    Raises:
+        TypeError: for an unsupported layer (e.g. ``nn.LSTM``) or a method that does not apply to it
+            (Tucker/CP on ``nn.Linear``).
+        ValueError: for a grouped conv or a rank above the layer's full rank.
+
+    Example:
+        >>> import torch
+        >>> from tetra_lightning.decompose import TuckerConfig, decompose_layer
+        >>> conv = torch.nn.Conv2d(16, 32, 3, padding=1)
+        >>> layer = decompose_layer(conv, TuckerConfig(rank=0.3))
+        >>> layer.ranks, sum(p.numel() for p in layer.parameters()) < 0.35 * sum(p.numel() for p in conv.parameters())
+        ((14, 7), True)
+    """
+    ranks = resolve_ranks(layer, config)
+    return _decompose(layer, config, ranks)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dense specs (for recompose_ entries)
+# --------------------------------------------------------------------------------------------------------
+
+
+def dense_spec(layer: nn.Linear | nn.Conv2d) -> dict[str, Any]:
+    """JSON-safe spec of a dense ``nn.Linear`` / ``nn.Conv2d`` (``{"class": "Linear" | "Conv2d", ...}``)."""
+    if isinstance(layer, nn.Linear):
+        return {
+            "class": "Linear",
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "bias": layer.bias is not None,
+        }
+    return {
+        "class": "Conv2d",
+        "in_channels": layer.in_channels,
+        "out_channels": layer.out_channels,
+        "kernel_size": list(layer.kernel_size),
+        "stride": list(layer.stride),
+        "padding": layer.padding if isinstance(layer.padding, str) else list(layer.padding),
+        "dilation": list(layer.dilation),
+        "groups": layer.groups,
+        "padding_mode": layer.padding_mode,
+        "bias": layer.bias is not None,
+    }
+
+
+def module_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Build a dense or factorized layer from a spec in a history entry (weights freshly initialised)."""
+    kwargs = {key: value for key, value in spec.items() if key != "class"}
+    if spec.get("class") == "Linear":
+        return nn.Linear(**kwargs)
+    if spec.get("class") == "Conv2d":
+        for key in ("kernel_size", "stride", "dilation"):
+            kwargs[key] = tuple(kwargs[key])
+        if not isinstance(kwargs["padding"], str):
+            kwargs["padding"] = tuple(kwargs["padding"])
+        return nn.Conv2d(**kwargs)
+    return FactorizedLayer.from_spec(dict(spec))
+
+
+# --------------------------------------------------------------------------------------------------------
+# In-place model surgery
+# --------------------------------------------------------------------------------------------------------
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _match_placement(new: nn.Module, old: nn.Module) -> nn.Module:
+    reference = next(old.parameters(), None)
+    if reference is not None:
+        new.to(device=reference.device, dtype=reference.dtype)
+    new.train(old.training)
+    return new
+
+
+def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[str, nn.Module]]:
+    factorized_prefixes: list[str] = []
+    attention_prefixes: list[str] = []
+    found = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in factorized_prefixes):
+            continue
+        if isinstance(module, FactorizedLayer):
+            factorized_prefixes.append(name)
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            # Attention reads out_proj.weight directly: replacing it would break the module.
+            attention_prefixes.append(name)
+            continue
+        if any(name.startswith(prefix + ".") for prefix in attention_prefixes):
+            continue
+        if name and isinstance(module, (nn.Linear, nn.Conv2d)) and type(module) not in (nn.LazyLinear, nn.LazyConv2d):
+            if filter_fn is None or filter_fn(module, name):
+                found.append((name, module))
+    return found
+
+
+def _skip(name: str, config: DecompositionConfig, module: nn.Module, reason: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "method": config.method,
+        "skipped": reason,
+        "params_before": _count(module),
+    }
+
+
+def compress_(
+    model: nn.Module,
+    config: DecompositionConfig | Mapping[str, DecompositionConfig],
+    filter_fn: FilterFn | None = None,
+) -> list[dict[str, Any]]:
+    """Replace layers of ``model`` by factorized layers, in place.
+
+    With one config, every ``nn.Linear`` / ``nn.Conv2d`` that is not inside a ``FactorizedLayer`` and that
+    ``filter_fn(module, fqn)`` accepts is factorized; with a mapping ``fqn -> config`` only the named modules
+    are (they may be ``FactorizedLayer``s: iterative compression). Layers that cannot or should not be
+    factorized are left alone and recorded with a ``"skipped"`` reason: grouped convs (with a warning),
+    Tucker/CP on ``nn.Linear``, ranks above the full rank (with a warning), and factorizations that would
+    not reduce the parameter count.
+
+    Args:
+        model: the model, modified in place.
+        config: one config for all layers, or a mapping from module name to config.
+        filter_fn: optional ``(module, fqn) -> bool`` selecting the layers.
+
+    Returns:
+        The history, a JSON-safe list with one dict per considered layer: replaced layers have
+        ``{"name", "method", "spec", "ranks", "params_before", "params_after", "rel_error", "config"}``,
+        skipped ones ``{"name", "method", "skipped", "params_before"}``. Replay it with
+        :func:`restore_structure`.
+
+    Raises:
+        ValueError: for a mapping naming a missing module or holding a rank that does not fit its layer.
+        TypeError: for a mapping naming a module that cannot be factorized, or a config of the wrong type.
+
+    Example:
+        >>> import json, torch
+        >>> from tetra_lightning.decompose import SVDConfig, compress_
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        >>> history = compress_(model, SVDConfig(rank=0.25))
+        >>> [entry["ranks"] for entry in history if "skipped" not in entry]
+        [[8], [2]]
+        >>> _ = json.dumps(history)
+    """
+    history: list[dict[str, Any]] = []
+    if isinstance(config, DecompositionConfig):
+        plan = [(name, module, config, False) for name, module in _candidates(model, filter_fn)]
+    elif isinstance(config, Mapping):
+        plan = []
+        known = dict(model.named_modules())
+        for name, layer_config in config.items():
+            if name not in known or not name:
+                close = [n for n in known if n and (n.endswith(name.split(".")[-1]))][:5]
+                raise ValueError(
+                    f"`config` names module {name!r}, which is not a submodule of the model. Similar names: "
+                    f"{close}. Use names from `model.named_modules()`."
+                )
+            if not isinstance(layer_config, DecompositionConfig):
+                raise TypeError(
+                    f"`config[{name!r}]` must be a DecompositionConfig, got {type(layer_config).__name__}."
+                )
+            module = known[name]
+            if filter_fn is None or filter_fn(module, name):
+                plan.append((name, module, layer_config, True))
+    else:
+        raise TypeError(
+            f"`config` must be a DecompositionConfig or a mapping from module name to config, got "
+            f"{type(config).__name__}. Pass e.g. TuckerConfig(rank=0.25)."
+        )
+
+    for name, module, layer_config, explicit in plan:
+        try:
+            shape = layer_shape(module)
+        except ValueError as error:  # grouped conv
+            if explicit:
+                raise
+            warnings.warn(f"compress_ skips {name!r}: {error}", UserWarning, stacklevel=2)
+            history.append(_skip(name, layer_config, module, str(error)))
+            continue
+        try:
+            check_method(shape, layer_config.method)
+        except TypeError as error:
+            if explicit:
+                raise
+            history.append(_skip(name, layer_config, module, str(error)))
+            continue
+        try:
+            ranks = resolve_ranks(module, layer_config)
+        except ValueError as error:
+            if explicit:
+                raise ValueError(f"module {name!r}: {error}") from error
+            warnings.warn(f"compress_ skips {name!r}: {error}", UserWarning, stacklevel=2)
+            history.append(_skip(name, layer_config, module, str(error)))
+            continue
+        params_before = _count(module)
+        params_after = factorized_param_count(module, layer_config.method, ranks, layer_config)
+        if params_after >= params_before:
+            history.append(
+                _skip(
+                    name, layer_config, module,
+                    f"no parameter reduction: {params_after} factorized >= {params_before} now",
+                )
+            )
+            continue
+        new = _decompose(module, layer_config, ranks)
+        _set_submodule(model, name, new)
+        history.append(
+            {
+                "name": name,
+                "method": layer_config.method,
+                "spec": new.spec(),
+                "ranks": list(new.ranks),
+                "params_before": params_before,
+                "params_after": _count(new),
+                "rel_error": float(new.rel_error),
+                "config": layer_config.to_dict(),
+            }
+        )
+    return history
+
+
+def restore_structure(model: nn.Module, history: Sequence[Mapping[str, Any]]) -> nn.Module:
+    """Replay a history from :func:`compress_` / :func:`recompose_` on a fresh model (structure only).
+
+    Each replaced layer is rebuilt from its spec (no decomposition is run), so that
+    ``model.load_state_dict(compressed_model.state_dict())`` then succeeds. Skipped entries are ignored.
+
+    Args:
+        model: a model with the original (or an earlier) structure, modified in place.
+        history: the entries, in the order they were produced (possibly after a JSON round trip).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: for an entry without ``"name"``/``"spec"`` or naming a module the model lacks.
+
+    Example:
+        >>> import json, torch
+        >>> from tetra_lightning.decompose import SVDConfig, compress_, restore_structure
+        >>> make = lambda: torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        >>> model = make()
+        >>> history = json.loads(json.dumps(compress_(model, SVDConfig(rank=0.25))))
+        >>> fresh = restore_structure(make(), history)
+        >>> fresh.load_state_dict(model.state_dict())
+        <All keys matched successfully>
+    """
+    known = dict(model.named_modules())
+    for index, entry in enumerate(history):
+        if "skipped" in entry:
+            continue
+        if "name" not in entry or "spec" not in entry:
+            raise ValueError(
+                f"`history[{index}]` lacks 'name' or 'spec' (keys: {sorted(entry)}). Pass the list returned by "
+                "compress_ / recompose_."
+            )
+        name = entry["name"]
+        if name not in known or not name:
+            raise ValueError(
+                f"`history[{index}]` names module {name!r}, which the model does not have. Replay the history on "
+                "a model built like the one that was compressed."
+            )
+        old = known[name]
+        new = _match_placement(module_from_spec(entry["spec"]), old)
+        _set_submodule(model, name, new)
+        known = dict(model.named_modules())
+    return model
+
+
+def recompose_(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict[str, Any]]:
+    """Merge every ``FactorizedLayer`` of ``model`` back into one dense layer, in place.
+
+    Args:
+        model: the model, modified in place.
+        filter_fn: optional ``(module, fqn) -> bool`` selecting the factorized layers to merge.
+
+    Returns:
+        History entries with ``"method": "dense"`` (``"from"`` holds the factorization that was merged), which
+        :func:`restore_structure` replays like any other entry.
+
+    Example:
+        >>> import torch
+        >>> from tetra_lightning.decompose import SVDConfig, compress_, recompose_
+        >>> model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        >>> _ = compress_(model, SVDConfig(rank=0.5))
+        >>> [entry["spec"]["class"] for entry in recompose_(model)]
+        ['Linear', 'Linear']
+        >>> type(model[0]).__name__
+        'Linear'
+    """
+    history: list[dict[str, Any]] = []
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and isinstance(module, FactorizedLayer) and (filter_fn is None or filter_fn(module, name))
+    ]
+    for name, module in targets:
+        with torch.no_grad():
+            dense = module.to_dense()
+        dense.train(module.training)
+        dense.requires_grad_(any(parameter.requires_grad for parameter in module.parameters()))
+        _set_submodule(model, name, dense)
+        history.append(
+            {
+                "name": name,
+                "method": "dense",
+                "from": module.method,
+                "spec": dense_spec(dense),
+                "ranks": [],
+                "params_before": _count(module),
+                "params_after": _count(dense),
+                "rel_error": 0.0,  # merging the factors is exact
+            }
+        )
+    return history
