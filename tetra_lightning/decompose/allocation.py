@@ -1,0 +1,553 @@
+"""Whole-model rank allocation: meet a global compression ratio while losing as little as possible.
+
+Each candidate layer gets an *error curve*: for every rank it could be factorized at, the parameter count of the
+factorized layer (exact, from :func:`~tetra_lightning.decompose.factorized_param_count`) and an estimate of the
+squared reconstruction error, computed cheaply from singular values of the weight's unfoldings:
+
+* SVD: exact (Eckart-Young): the tail energy ``sum_{i>r} s_i^2`` of the matrix the layer factorizes.
+* Tucker-2: the HOSVD bound ``tail_out(R_out) + tail_in(R_in)`` of the mode-0 / mode-1 unfoldings; the 2-D rank
+  grid is reduced to one path that always lowers the rank whose tail grows least per parameter saved.
+* CP: the Tucker-2 bound at ``(R, R)`` (a rank-``R`` CP kernel has mode ranks at most ``R``). This is optimistic
+  (CP-ALS rarely reaches it), so ``method="auto"`` never trusts it: it fits CP and compares measured errors.
+* TT (and anything else): sampled, by decomposing at a few ranks.
+
+Errors are divided by ``||W||_F^2`` (relative squared error) and multiplied by an optional per-layer weight. The
+allocator then walks the lower convex hulls of all curves greedily, always taking the move with the smallest
+weighted error increase per parameter saved, until the model's total reaches the target; the last move is then
+refined to the cheapest point that still meets the target. The result is deterministic (ties broken by layer
+order).
+
+``method="auto"`` allocates on the lower envelope of the SVD and Tucker-2 curves (both reliable), then, at each
+layer's parameter budget, fits every candidate method (:func:`choose_method`) and keeps the one with the lowest
+measured relative error.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AllocationPlan",
+    "LayerCurve",
+    "RankOption",
+    "allocate_ranks",
+    "choose_method",
+    "compressible_layers",
+    "layer_error_curve",
+]
+
+FilterFn = Callable[[nn.Module, str], bool]
+ErrorWeightFn = Callable[[str, nn.Module], float]
+
+_ANALYTIC = ("svd", "tucker", "cp")
+
+
+@dataclass(frozen=True)
+class RankOption:
+    """One point of a layer's error curve.
+
+    Attributes:
+        method: decomposition method, or ``"keep"`` for the layer as it is.
+        ranks: ranks of that method (empty for ``"keep"``).
+        params: exact parameter count of the layer at these ranks (bias included).
+        error: estimated relative squared reconstruction error ``||W - W_r||^2 / ||W||^2``.
+    """
+
+    method: str
+    ranks: tuple[int, ...]
+    params: int
+    error: float
+
+
+@dataclass
+class LayerCurve:
+    """Error curve of one layer: Pareto-optimal options sorted by decreasing parameter count.
+
+    Attributes:
+        name: fully qualified module name.
+        params: current parameter count of the layer.
+        weight: multiplier of the layer's relative error in the allocation objective.
+        options: Pareto-optimal options, the first one is ``"keep"`` (current params, zero error).
+    """
+
+    name: str
+    params: int
+    weight: float
+    options: list[RankOption]
+
+
+@dataclass
+class AllocationPlan:
+    """Result of :func:`allocate_ranks`.
+
+    Attributes:
+        choices: module name -> chosen option, only for layers that change.
+        total_before: metric total of the model before (params or bytes).
+        total_planned: metric total the plan predicts after the rewrite.
+        target: metric total that was asked for.
+        reachable: whether the target could be met.
+        skipped: module name -> reason, for candidate layers that cannot be compressed.
+        curves: the error curves, for inspection.
+    """
+
+    choices: dict[str, RankOption]
+    total_before: int
+    total_planned: int
+    target: float
+    reachable: bool
+    skipped: dict[str, str] = field(default_factory=dict)
+    curves: dict[str, LayerCurve] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------
+# candidate layers
+# --------------------------------------------------------------------------------------------------------
+
+
+def compressible_layers(
+    model: nn.Module,
+    filter_fn: FilterFn | None = None,
+    min_layer_params: int = 0,
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Layers that a decomposition may replace: ``nn.Linear``, ``nn.Conv2d`` and existing factorized layers.
+
+    Args:
+        model: the model (fully qualified names are relative to it).
+        filter_fn: ``filter_fn(module, fqn) -> bool``; layers it rejects are neither candidates nor skipped.
+        min_layer_params: layers with fewer parameters are skipped (recorded with a reason).
+
+    Returns:
+        ``(candidates, skipped)``: name -> module for layers to consider, name -> reason for the others.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 64, 3), nn.Flatten(), nn.Linear(64, 10))
+        >>> layers, skipped = compressible_layers(net, min_layer_params=1000)
+        >>> list(layers), sorted(skipped)
+        (['1'], ['0', '3'])
+    """
+    from tetra_lightning.decompose import FactorizedLayer
+
+    candidates: dict[str, nn.Module] = {}
+    skipped: dict[str, str] = {}
+    factorized_prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in factorized_prefixes):
+            continue  # the plain convs inside a factorized layer are its factors, not layers of the model
+        is_factorized = isinstance(module, FactorizedLayer)
+        if is_factorized:
+            factorized_prefixes.append(name)
+        elif not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            skipped[name] = f"grouped convolution (groups={module.groups})"
+            continue
+        params = sum(p.numel() for p in module.parameters())
+        if isinstance(module, nn.Conv2d) and module.in_channels <= 4:
+            skipped[name] = f"input layer with {module.in_channels} channels: too few to factorize"
+        elif params < min_layer_params:
+            skipped[name] = f"{params} parameters < min_layer_params={min_layer_params}"
+        else:
+            candidates[name] = module
+    return candidates, skipped
+
+
+# --------------------------------------------------------------------------------------------------------
+# error curves
+# --------------------------------------------------------------------------------------------------------
+
+
+def _dense_weight(layer: nn.Module) -> torch.Tensor:
+    from tetra_lightning.decompose import FactorizedLayer
+
+    weight = layer.dense_weight() if isinstance(layer, FactorizedLayer) else layer.weight
+    return weight.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _squared_singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    small = matrix if matrix.shape[0] <= matrix.shape[1] else matrix.T
+    values = torch.linalg.eigvalsh(small @ small.T).flip(0).clamp_min(0.0)
+    return values
+
+
+def _tails(squared: torch.Tensor) -> list[float]:
+    """``tails[r] = sum(squared[r:])`` for r = 0..len (so tails[len] = 0)."""
+    reversed_cumsum = torch.flip(torch.cumsum(torch.flip(squared, [0]), 0), [0])
+    return [float(v) for v in reversed_cumsum] + [0.0]
+
+
+def _tail(tails: list[float], rank: int) -> float:
+    return tails[min(rank, len(tails) - 1)]
+
+
+def _count(layer: nn.Module, method: str, ranks: tuple[int, ...]) -> int:
+    from tetra_lightning.decompose import factorized_param_count
+
+    return int(factorized_param_count(layer, method, ranks))
+
+
+def _layer_kind(layer: nn.Module, weight: torch.Tensor) -> str:
+    return "conv" if weight.dim() == 4 else "linear"
+
+
+def _svd_matrix(weight: torch.Tensor) -> torch.Tensor:
+    # SVD factorizes the layer's matrix: (out, in) for Linear, (C_out, C_in*kh*kw) for Conv2d (a kxk conv to the
+    # rank followed by a 1x1 conv).
+    return weight.reshape(weight.shape[0], -1)
+
+
+def _svd_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
+    matrix = _svd_matrix(weight)
+    tails = _tails(_squared_singular_values(matrix))
+    options = []
+    for rank in range(1, min(matrix.shape) + 1):
+        params = _count(layer, "svd", (rank,))
+        if params >= limit:
+            break
+        options.append(RankOption("svd", (rank,), params, _tail(tails, rank) / norm_sq))
+    return options
+
+
+def _tucker_tails(weight: torch.Tensor) -> tuple[list[float], list[float]]:
+    unfold_out = weight.reshape(weight.shape[0], -1)
+    unfold_in = weight.movedim(1, 0).reshape(weight.shape[1], -1)
+    return _tails(_squared_singular_values(unfold_out)), _tails(_squared_singular_values(unfold_in))
+
+
+def _tucker_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
+    if weight.dim() != 4:
+        return []
+    tails_out, tails_in = _tucker_tails(weight)
+    rank_out, rank_in = len(tails_out) - 1, len(tails_in) - 1
+    options = []
+    params = _count(layer, "tucker", (rank_out, rank_in))
+    while rank_out >= 1 and rank_in >= 1:
+        if params < limit:
+            error = (_tail(tails_out, rank_out) + _tail(tails_in, rank_in)) / norm_sq
+            options.append(RankOption("tucker", (rank_out, rank_in), params, error))
+        if rank_out == 1 and rank_in == 1:
+            break
+        # Lower the rank whose tail energy grows least per parameter saved (a path through the 2-D rank grid).
+        moves = []
+        if rank_out > 1:
+            p = _count(layer, "tucker", (rank_out - 1, rank_in))
+            moves.append(((tails_out[rank_out - 1] - tails_out[rank_out]) / max(params - p, 1), 0, p))
+        if rank_in > 1:
+            p = _count(layer, "tucker", (rank_out, rank_in - 1))
+            moves.append(((tails_in[rank_in - 1] - tails_in[rank_in]) / max(params - p, 1), 1, p))
+        _, which, params = min(moves)
+        if which == 0:
+            rank_out -= 1
+        else:
+            rank_in -= 1
+    return options
+
+
+def _cp_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
+    if weight.dim() == 4:
+        tails_out, tails_in = _tucker_tails(weight)
+    else:
+        tails_out = tails_in = _tails(_squared_singular_values(weight))
+    options = []
+    rank = 1
+    while True:
+        params = _count(layer, "cp", (rank,))
+        if params >= limit:
+            break
+        error = (_tail(tails_out, rank) + _tail(tails_in, rank)) / norm_sq
+        if weight.dim() != 4:
+            error = _tail(tails_out, rank) / norm_sq
+        options.append(RankOption("cp", (rank,), params, error))
+        rank += 1
+    return options
+
+
+def _sampled_curve(layer: nn.Module, method: str, limit: int, samples: int = 12) -> list[RankOption]:
+    from tetra_lightning.decompose import config_from_dict, decompose_layer, resolve_ranks
+
+    options: dict[tuple[int, ...], RankOption] = {}
+    for step in range(1, samples + 1):
+        config = config_from_dict({"method": method, "rank": step / (samples + 1)})
+        try:
+            ranks = tuple(int(r) for r in resolve_ranks(layer, config))
+            params = _count(layer, method, ranks)
+            if params >= limit or ranks in options:
+                continue
+            factorized = decompose_layer(layer, config_from_dict({"method": method, "rank": ranks}))
+        except (TypeError, ValueError):
+            continue
+        error = float(factorized.rel_error) ** 2
+        if math.isfinite(error):
+            options[ranks] = RankOption(method, ranks, params, error)
+    return list(options.values())
+
+
+def layer_error_curve(layer: nn.Module, method: str) -> list[RankOption]:
+    """All options of one method for one layer that save parameters, with estimated relative squared errors.
+
+    Args:
+        layer: ``nn.Linear``, ``nn.Conv2d`` or a factorized layer (then its current dense weight is the
+            reference and only options smaller than its current parameter count are listed).
+        method: ``"svd"``, ``"tucker"``, ``"cp"`` or ``"tt"``.
+
+    Returns:
+        Options (unsorted, not Pareto-filtered); empty when the method does not apply or cannot save parameters.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> options = layer_error_curve(nn.Linear(32, 32), "svd")
+        >>> [o.ranks for o in options[:2]], options[0].params  # rank r keeps r * (32 + 32) + 32 parameters
+        ([(1,), (2,)], 96)
+        >>> round(options[-1].error, 3) < round(options[0].error, 3)
+        True
+    """
+    weight = _dense_weight(layer)
+    limit = sum(p.numel() for p in layer.parameters())
+    norm_sq = float(weight.pow(2).sum()) or 1.0
+    try:
+        if method == "svd":
+            return _svd_curve(layer, weight, norm_sq, limit)
+        if method == "tucker":
+            return _tucker_curve(layer, weight, norm_sq, limit)
+        if method == "cp":
+            return _cp_curve(layer, weight, norm_sq, limit)
+        return _sampled_curve(layer, method, limit)
+    except (TypeError, ValueError, NotImplementedError):
+        # The method does not support this layer type (e.g. Tucker-2 of a Linear layer).
+        return []
+
+
+def _pareto(options: Sequence[RankOption]) -> list[RankOption]:
+    """Options sorted by decreasing params with strictly increasing error (dominated ones dropped)."""
+    ordered = sorted(options, key=lambda o: (-o.params, o.error, o.method, o.ranks))
+    front: list[RankOption] = []
+    # From the smallest option upwards, keep an option only if it has less error than every smaller one.
+    best_error = math.inf
+    for option in reversed(ordered):  # increasing params
+        if option.error < best_error:
+            front.append(option)
+            best_error = option.error
+    front.reverse()
+    return front
+
+
+def _lower_hull(options: Sequence[RankOption]) -> list[int]:
+    """Indices of the lower convex hull of (params, error), starting at index 0 (largest params)."""
+    hull: list[int] = []
+    for index, option in enumerate(options):
+        while len(hull) >= 2:
+            a, b = options[hull[-2]], options[hull[-1]]
+            # Slopes in "error per parameter saved"; keep the hull convex (non-decreasing slopes).
+            slope_ab = (b.error - a.error) / max(a.params - b.params, 1)
+            slope_bc = (option.error - b.error) / max(b.params - option.params, 1)
+            if slope_bc <= slope_ab:
+                hull.pop()
+            else:
+                break
+        hull.append(index)
+    return hull
+
+
+def _build_curve(
+    name: str,
+    layer: nn.Module,
+    methods: Sequence[str],
+    weight: float,
+) -> LayerCurve:
+    params = sum(p.numel() for p in layer.parameters())
+    options: list[RankOption] = []
+    for method in methods:
+        options.extend(o for o in layer_error_curve(layer, method) if o.params < params)
+    keep = RankOption("keep", (), params, 0.0)
+    return LayerCurve(name=name, params=params, weight=weight, options=[keep, *_pareto(options)])
+
+
+def allocate_ranks(
+    model: nn.Module,
+    target_total: float,
+    method: str,
+    *,
+    filter_fn: FilterFn | None = None,
+    min_layer_params: int = 1024,
+    metric: str = "params",
+    error_weight: ErrorWeightFn | None = None,
+    layers: Mapping[str, nn.Module] | None = None,
+) -> AllocationPlan:
+    """Chooses ranks for every compressible layer so that the whole model meets ``target_total``.
+
+    Args:
+        model: the model; all its parameters (and buffers for ``metric="bytes"``) count in the total.
+        target_total: parameter count (or bytes) the whole model should have at most afterwards.
+        method: ``"svd"``, ``"tucker"``, ``"cp"``, ``"tt"``, or ``"auto"`` (allocate on the envelope of SVD and
+            Tucker-2; use :func:`choose_method` per layer afterwards).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` selecting candidate layers.
+        min_layer_params: smaller layers are left dense.
+        metric: ``"params"`` or ``"bytes"`` (parameters weighted by their element size; buffers are fixed).
+        error_weight: ``error_weight(fqn, module) -> float`` multiplying each layer's relative squared error
+            (default 1: every layer's relative error counts the same).
+        layers: precomputed candidates (name -> module), overriding ``filter_fn`` / ``min_layer_params``.
+
+    Returns:
+        An :class:`AllocationPlan`; ``choices`` holds the layers to change.
+
+    Raises:
+        ValueError: for an unknown ``metric`` or ``method``.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+        >>> total = sum(p.numel() for p in net.parameters())
+        >>> plan = allocate_ranks(net, total / 2, "svd")
+        >>> plan.reachable, plan.total_planned <= total / 2, total / plan.total_planned < 2.2
+        (True, True, True)
+    """
+    if metric not in ("params", "bytes"):
+        raise ValueError(f"`metric` must be 'params' or 'bytes', got {metric!r}.")
+    if method not in ("auto", "svd", "tucker", "cp", "tt"):
+        raise ValueError(f"`method` must be one of 'auto', 'svd', 'cp', 'tucker', 'tt', got {method!r}.")
+    skipped: dict[str, str] = {}
+    if layers is None:
+        layers, skipped = compressible_layers(model, filter_fn, min_layer_params)
+    methods = ("svd", "tucker") if method == "auto" else (method,)
+
+    def unit(layer: nn.Module) -> int:
+        if metric == "bytes":
+            return next(layer.parameters()).element_size()
+        return 1
+
+    if metric == "bytes":
+        total_before = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    else:
+        total_before = sum(p.numel() for p in model.parameters())
+
+    curves: dict[str, LayerCurve] = {}
+    for name, layer in layers.items():
+        weight = 1.0 if error_weight is None else float(error_weight(name, layer))
+        curve = _build_curve(name, layer, methods, weight)
+        if len(curve.options) < 2:
+            skipped[name] = f"no {'/'.join(methods)} factorization has fewer parameters than the layer"
+            continue
+        curves[name] = curve
+
+    names = list(curves)
+    hulls = {name: _lower_hull(curves[name].options) for name in names}
+    position = dict.fromkeys(names, 0)  # index into the hull
+    total = float(total_before)
+
+    def cost(name: str, option: RankOption) -> float:
+        return option.params * unit(layers[name])
+
+    heap: list[tuple[float, int, str]] = []
+
+    def push(order: int, name: str) -> None:
+        hull = hulls[name]
+        if position[name] + 1 < len(hull):
+            curve = curves[name]
+            current = curve.options[hull[position[name]]]
+            following = curve.options[hull[position[name] + 1]]
+            saved = max(cost(name, current) - cost(name, following), 1e-12)
+            slope = curve.weight * (following.error - current.error) / saved
+            heapq.heappush(heap, (slope, order, name))
+
+    for order, name in enumerate(names):
+        push(order, name)
+    last_moved: str | None = None
+    while total > target_total and heap:
+        _, order, name = heapq.heappop(heap)
+        curve, hull = curves[name], hulls[name]
+        current = curve.options[hull[position[name]]]
+        position[name] += 1
+        following = curve.options[hull[position[name]]]
+        total += cost(name, following) - cost(name, current)
+        last_moved = name
+        push(order, name)
+
+    chosen = {name: curves[name].options[hulls[name][position[name]]] for name in names}
+    if last_moved is not None and total <= target_total:
+        # The last hull step may overshoot; take the least-error Pareto option of that layer that still fits.
+        curve = curves[last_moved]
+        current = chosen[last_moved]
+        rest = total - cost(last_moved, current)
+        fitting = [o for o in curve.options if rest + cost(last_moved, o) <= target_total]
+        best = min(fitting, key=lambda o: (o.error, -o.params))
+        total = rest + cost(last_moved, best)
+        chosen[last_moved] = best
+
+    choices = {name: option for name, option in chosen.items() if option.method != "keep"}
+    return AllocationPlan(
+        choices=choices,
+        total_before=int(total_before),
+        total_planned=int(round(total)),
+        target=float(target_total),
+        reachable=total <= target_total,
+        skipped=skipped,
+        curves=curves,
+    )
+
+
+def _best_option_within(options: Sequence[RankOption], budget: int) -> RankOption | None:
+    fitting = [o for o in options if o.params <= budget]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda o: (o.error, -o.params))
+
+
+def choose_method(
+    layer: nn.Module,
+    budget: int,
+    methods: Sequence[str] = ("svd", "tucker", "cp"),
+) -> tuple[Any, dict[str, float]]:
+    """Fits every method at a parameter budget and returns the config with the lowest measured error.
+
+    For each method the ranks with the lowest estimated error whose exact parameter count fits ``budget`` are
+    decomposed with :func:`~tetra_lightning.decompose.decompose_layer`; the measured ``rel_error`` decides.
+
+    Args:
+        layer: ``nn.Linear``, ``nn.Conv2d`` or a factorized layer.
+        budget: maximum parameter count of the factorized layer.
+        methods: candidate methods.
+
+    Returns:
+        ``(config, errors)``: the winning :class:`~tetra_lightning.decompose.DecompositionConfig` (``None`` if no
+        method fits the budget) and the measured relative error of every method that was tried.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> conv = nn.Conv2d(32, 32, 3)
+        >>> config, errors = choose_method(conv, budget=4000)
+        >>> config.method in errors and errors[config.method] == min(errors.values())
+        True
+    """
+    from tetra_lightning.decompose import config_from_dict, decompose_layer
+
+    errors: dict[str, float] = {}
+    best: tuple[float, int, Any] | None = None
+    for order, method in enumerate(methods):
+        option = _best_option_within(layer_error_curve(layer, method), budget)
+        if option is None:
+            continue
+        config = config_from_dict(
+            {"method": method, "rank": option.ranks if len(option.ranks) > 1 else option.ranks[0]}
+        )
+        try:
+            factorized = decompose_layer(layer, config)
+        except (TypeError, ValueError):
+            continue
+        error = float(factorized.rel_error)
+        if not math.isfinite(error):
+            continue
+        errors[method] = error
+        if best is None or (error, order) < (best[0], best[1]):
+            best = (error, order, config)
+    return (best[2] if best is not None else None), errors
