@@ -1,0 +1,172 @@
+"""Translation between TetraOpt search spaces and Optuna distributions.
+
+The tuner and :class:`~tetra_lightning.tuner.TetraOptSampler` describe a parameter once, as a
+``tetra_lightning.optim`` dimension (``Categorical``, ``Int``, ``Float``), and hand Optuna the matching
+distribution so that the study's storage, pruners and dashboards see ordinary Optuna parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+# Points per float axis when a Float has no grid of its own and Optuna gives none either.
+DEFAULT_FLOAT_GRID = 16
+
+_OPTUNA_CHOICE_TYPES = (type(None), bool, int, float, str)
+
+
+def _optim():
+    # Imported lazily: tetra_lightning.optim is a sibling package and importing it here at module
+    # import would make `import tetra_lightning.tuner` fail for reasons unrelated to the caller.
+    from tetra_lightning import optim
+
+    return optim
+
+
+def as_search_space(search_space: Any) -> Any:
+    """Returns ``search_space`` as a ``tetra_lightning.optim.SearchSpace``.
+
+    Args:
+        search_space: a ``SearchSpace`` or a mapping ``name -> Categorical | Int | Float`` (a plain list is
+            read as a ``Categorical``).
+
+    Returns:
+        The ``SearchSpace``.
+
+    Raises:
+        TypeError: for anything else, or a Categorical choice that Optuna cannot store.
+        ValueError: for an empty space.
+    """
+    optim = _optim()
+    if isinstance(search_space, Mapping) and len(search_space) == 0:
+        raise ValueError(
+            "`search_space` is empty: nothing to tune. Pass at least one parameter, e.g. "
+            "`{'lr': Float(1e-4, 1e-1, log=True)}`."
+        )
+    if not isinstance(search_space, Mapping):
+        raise TypeError(
+            "`search_space` must be a dict of name -> Categorical/Int/Float or a "
+            f"tetra_lightning.optim.SearchSpace, got {type(search_space).__name__}."
+        )
+    space = optim.as_space(search_space)
+    for dimension in space.values():
+        to_optuna_distribution(dimension)  # fail now, not at the first trial
+    return space
+
+
+def to_optuna_distribution(dimension: Any) -> BaseDistribution:
+    """Returns the Optuna distribution that holds every value of one TetraOpt dimension."""
+    optim = _optim()
+    if isinstance(dimension, optim.Categorical):
+        choices = tuple(to_python(choice) for choice in dimension.choices)
+        bad = [choice for choice in choices if not isinstance(choice, _OPTUNA_CHOICE_TYPES)]
+        if bad:
+            raise TypeError(
+                f"Categorical choices must be None, bool, int, float or str to be stored in the study, got "
+                f"{bad[0]!r} ({type(bad[0]).__name__}). Use names (e.g. 'relu') and map them in model_fn."
+            )
+        return CategoricalDistribution(choices)
+    if isinstance(dimension, optim.Int):
+        return IntDistribution(dimension.low, dimension.high, step=dimension.step)
+    if isinstance(dimension, optim.Float):
+        # The continuous interval: every grid point lies in it, and values from other samplers (random
+        # fallback, enqueued trials) snap to the nearest grid point when the optimizer is told them.
+        return FloatDistribution(dimension.low, dimension.high, log=dimension.log)
+    raise TypeError(
+        f"Search-space entries must be tetra_lightning.optim.Categorical, Int or Float, got "
+        f"{type(dimension).__name__} ({dimension!r}). Write e.g. `Float(1e-4, 1e-1, log=True)`."
+    )
+
+
+def to_optuna_distributions(search_space: Any) -> dict[str, BaseDistribution]:
+    """Returns ``{name: optuna distribution}`` for a whole TetraOpt search space."""
+    return {name: to_optuna_distribution(dim) for name, dim in as_search_space(search_space).items()}
+
+
+def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = DEFAULT_FLOAT_GRID) -> Any:
+    """Returns the TetraOpt dimension (a discretization) for an Optuna distribution.
+
+    Args:
+        distribution: an Optuna ``FloatDistribution``, ``IntDistribution`` or ``CategoricalDistribution``.
+        float_grid: grid points for a continuous float axis (log-spaced when the distribution is log).
+
+    Returns:
+        A ``tetra_lightning.optim`` ``Categorical``, ``Int`` or ``Float``.
+    """
+    optim = _optim()
+    if isinstance(distribution, CategoricalDistribution):
+        return optim.Categorical(list(distribution.choices))
+    if distribution.single():
+        return optim.Categorical([distribution.low])
+    if isinstance(distribution, IntDistribution):
+        if distribution.log:
+            # A log-int axis is discretized as its log-spaced distinct integers.
+            values = sorted(
+                {
+                    int(round(math.exp(v)))
+                    for v in _linspace(math.log(distribution.low), math.log(distribution.high), float_grid)
+                }
+            )
+            return optim.Categorical(values)
+        return optim.Int(distribution.low, distribution.high, step=distribution.step)
+    if isinstance(distribution, FloatDistribution):
+        if distribution.step is not None:
+            n_points = int(round((distribution.high - distribution.low) / distribution.step)) + 1
+            values = [distribution.low + i * distribution.step for i in range(n_points)]
+            return optim.Categorical([min(v, distribution.high) for v in values])
+        return optim.Float(distribution.low, distribution.high, log=distribution.log, grid=float_grid)
+    raise TypeError(f"TetraOptSampler cannot discretize {type(distribution).__name__}.")
+
+
+def _linspace(low: float, high: float, n: int) -> list[float]:
+    if n <= 1:
+        return [low]
+    return [low + (high - low) * i / (n - 1) for i in range(n)]
+
+
+def to_python(value: Any) -> Any:
+    """Returns a plain Python scalar for numpy scalars (Optuna's storage wants JSON-able values)."""
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, (list, tuple, dict, str)):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def snap_to_distribution(value: Any, distribution: BaseDistribution) -> Any:
+    """Returns ``value`` as a member of ``distribution`` (clipped into range, rounded to its step).
+
+    A log-spaced grid point computed as ``exp(log(low) + ...)`` can fall a rounding error outside
+    ``[low, high]``, which Optuna rejects; this puts it back.
+    """
+    value = to_python(value)
+    if isinstance(distribution, CategoricalDistribution):
+        if value in distribution.choices:
+            return distribution.choices[distribution.choices.index(value)]
+        numeric = [c for c in distribution.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if isinstance(value, (int, float)) and numeric:
+            return min(numeric, key=lambda c: abs(c - value))
+        raise ValueError(f"{value!r} is not one of the choices {distribution.choices}.")
+    if isinstance(distribution, IntDistribution):
+        value = int(round(float(value)))
+        value = min(max(value, distribution.low), distribution.high)
+        offset = (value - distribution.low) % distribution.step
+        return value - offset
+    if isinstance(distribution, FloatDistribution):
+        value = min(max(float(value), distribution.low), distribution.high)
+        if distribution.step is not None:
+            k = round((value - distribution.low) / distribution.step)
+            value = min(distribution.low + k * distribution.step, distribution.high)
+        return value
+    return value

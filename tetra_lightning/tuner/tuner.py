@@ -1,0 +1,627 @@
+"""TetraOptTuner: Lightning Trainer runs as black-box evaluations of a TetraOpt-driven Optuna study."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import optuna
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from optuna.pruners import BasePruner, MedianPruner, NopPruner
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import TrialState
+
+from tetra_lightning.tuner.result import TuneResult
+from tetra_lightning.tuner.sampler import TetraOptSampler
+from tetra_lightning.tuner.space import as_search_space, to_optuna_distributions
+from tetra_lightning.tuner.storage import (
+    FAIL_REASON_KEY,
+    TRACEBACK_KEY,
+    fail_stale_trials,
+    make_storage,
+    stamp_trial,
+)
+from tetra_lightning.tuner.trial import TrialOutcome, run_trial
+
+log = logging.getLogger("tetra_lightning.tuner")
+
+_DIRECTIONS = {"max": "maximize", "min": "minimize"}
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+class TetraOptTuner:
+    """Tunes a LightningModule's config with TetraOpt: every trial is one fresh ``Trainer.fit``.
+
+    The study lives in an Optuna RDB storage (SQLite by default), so a killed tuner resumes where it
+    stopped when ``fit`` is called again with the same ``storage`` and ``study_name``: finished trials
+    are kept, RUNNING trials of dead processes are marked FAIL (their params are queued again) and the
+    sampler rebuilds TetraOpt's state from the history.
+
+    Budget: ``budget`` counts the COMPLETE and PRUNED trials of the study, across sessions. Failed
+    trials do not use it up (a crash or an out-of-memory config does not cost a useful evaluation),
+    but at most ``max_failures`` failures (default: ``max(budget, 3)``) are tolerated, so an objective that always
+    fails stops after that many runs instead of looping forever.
+
+    Args:
+        search_space: ``{name: Categorical | Int | Float}`` or a ``tetra_lightning.optim.SearchSpace``.
+        monitor: key of ``trainer.callback_metrics`` to optimize, e.g. ``"val_acc"``.
+        mode: ``"max"`` or ``"min"``.
+        budget: number of COMPLETE + PRUNED trials the study should hold.
+        storage: SQLAlchemy URL (``"sqlite:///tune.db"``, ``"postgresql://..."``), an Optuna storage, or
+            ``None`` for ``sqlite:///tetra_tune.db`` in the working directory.
+        study_name: the study's name in the storage; also the W&B group.
+        objective: ``"last"`` (the monitor after the last epoch) or ``"best"`` (its best epoch).
+        pruning: ``True`` to stop a trial whose monitor at an epoch is worse than the median of earlier
+            trials at that epoch (Optuna's ``MedianPruner``); or any ``optuna.pruners.BasePruner``.
+        n_warmup_trials: trials that run to the end before pruning starts.
+        n_warmup_epochs: epochs of each trial that are never pruned.
+        catch: exception types recorded as a failed trial (the study goes on); ``()`` fails fast.
+        max_failures: failed trials tolerated before the tuner stops (default: ``max(budget, 3)``); trials
+            whose process died (see ``retry_stale``) do not count.
+        n_jobs: worker processes running trials in parallel on this machine (each gets its own GPU when
+            there are GPUs and ``trainer_kwargs`` names no ``devices``); needs an RDB storage URL.
+        seed: seed of the sampler (worker ``i`` uses ``seed + i``).
+        sampler: an Optuna sampler to use instead of :class:`TetraOptSampler` (e.g. for baselines).
+        optimizer_kwargs: extra arguments of ``tetra_lightning.optim.TetraOpt``.
+        progress_bar: show a tqdm bar over trials with the best value so far.
+        quiet: silence Lightning's per-trial info lines and Optuna's own trial log (one tuner line per
+            trial remains, on the ``tetra_lightning`` logger).
+        retry_stale: queue again the params of trials whose process died.
+        start_method: how ``n_jobs`` workers start. ``None``: ``"fork"`` where available and CUDA is not yet
+            initialized (lambdas work; GNU OpenMP is not fork-safe, so forked workers train with one CPU thread),
+            else ``"spawn"`` (model_fn and data must be picklable; each worker gets ``cpu_count // n_jobs``
+            threads).
+
+    Raises:
+        ValueError: for an empty search space, a bad mode/objective/budget/n_jobs.
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> from tetra_lightning.optim import Float, Int
+        >>> tuner = TetraOptTuner({"lr": Float(1e-3, 1e-1, log=True), "depth": Int(1, 3)}, monitor="val_acc",
+        ...                       mode="max", budget=8, storage="sqlite:///:memory:", progress_bar=False)
+        >>> tuner.direction
+        'maximize'
+    """
+
+    def __init__(
+        self,
+        search_space: Mapping[str, Any],
+        monitor: str,
+        mode: Literal["max", "min"] = "max",
+        budget: int = 20,
+        *,
+        storage: str | BaseStorage | None = None,
+        study_name: str = "tetra",
+        objective: Literal["best", "last"] = "last",
+        pruning: bool | BasePruner = False,
+        n_warmup_trials: int = 3,
+        n_warmup_epochs: int = 1,
+        catch: tuple[type[BaseException], ...] = (Exception,),
+        max_failures: int | None = None,
+        n_jobs: int = 1,
+        seed: int = 0,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        optimizer_kwargs: Mapping[str, Any] | None = None,
+        progress_bar: bool = True,
+        quiet: bool = True,
+        retry_stale: bool = True,
+        start_method: Literal["fork", "spawn", "forkserver"] | None = None,
+    ) -> None:
+        self.search_space = as_search_space(search_space)
+        self.distributions = to_optuna_distributions(self.search_space)
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a metric name such as 'val_acc', got {monitor!r}.")
+        if mode not in _DIRECTIONS:
+            raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}. Use 'max' for accuracy, 'min' for loss.")
+        if objective not in ("best", "last"):
+            raise ValueError(f"`objective` must be 'best' or 'last', got {objective!r}.")
+        _check_int("budget", budget, minimum=1, example="budget=40")
+        _check_int("n_jobs", n_jobs, minimum=1, example="n_jobs=2")
+        _check_int("n_warmup_trials", n_warmup_trials, minimum=0, example="n_warmup_trials=3")
+        _check_int("n_warmup_epochs", n_warmup_epochs, minimum=0, example="n_warmup_epochs=1")
+        if max_failures is not None:
+            _check_int("max_failures", max_failures, minimum=1, example="max_failures=10")
+        if not isinstance(pruning, (bool, BasePruner)):
+            raise TypeError(f"`pruning` must be a bool or an optuna pruner, got {type(pruning).__name__}.")
+        if not isinstance(catch, tuple) or not all(isinstance(c, type) and issubclass(c, BaseException) for c in catch):
+            raise TypeError(f"`catch` must be a tuple of exception types such as (Exception,), got {catch!r}.")
+        if not isinstance(study_name, str) or not study_name:
+            raise ValueError(f"`study_name` must be a non-empty string, got {study_name!r}.")
+        if n_jobs > 1 and not isinstance(storage, (str, RDBStorage)) and storage is not None:
+            raise ValueError(
+                f"`n_jobs={n_jobs}` runs worker processes that share the study through a database: pass "
+                f"`storage` as a SQLAlchemy URL such as 'sqlite:///tune.db', got {type(storage).__name__}."
+            )
+        if n_jobs > 1 and isinstance(storage, str) and ":memory:" in storage:
+            raise ValueError("`n_jobs > 1` needs a storage on disk or a database server, not ':memory:'.")
+        self.monitor = monitor
+        self.mode: Literal["max", "min"] = mode
+        self.direction = _DIRECTIONS[mode]
+        self.budget = budget
+        self.storage = storage
+        self.study_name = study_name
+        self.objective = objective
+        self.pruning = pruning
+        self.n_warmup_trials = n_warmup_trials
+        self.n_warmup_epochs = n_warmup_epochs
+        self.catch = catch
+        self.max_failures = max_failures if max_failures is not None else max(budget, 3)
+        self.n_jobs = n_jobs
+        self.seed = seed
+        self.sampler = sampler
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.progress_bar = progress_bar
+        self.quiet = quiet
+        self.retry_stale = retry_stale
+        if start_method is not None and start_method not in mp.get_all_start_methods():
+            raise ValueError(
+                f"`start_method` must be one of {mp.get_all_start_methods()} or None, got {start_method!r}."
+            )
+        self.start_method = start_method
+        self._storage: BaseStorage | None = None
+
+    # ------------------------------------------------------------------ study
+    def _pruner(self) -> BasePruner:
+        if isinstance(self.pruning, BasePruner):
+            return self.pruning
+        if self.pruning:
+            return MedianPruner(n_startup_trials=self.n_warmup_trials, n_warmup_steps=self.n_warmup_epochs)
+        return NopPruner()
+
+    def _make_sampler(self, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+        if self.sampler is not None:
+            return self.sampler
+        return TetraOptSampler(
+            self.search_space,
+            seed=self.seed + worker_index,
+            budget=self.budget,
+            optimizer_kwargs=self.optimizer_kwargs,
+        )
+
+    def _storage_url(self) -> str | BaseStorage | None:
+        if isinstance(self.storage, RDBStorage):
+            return self.storage.url
+        return self.storage
+
+    def load_study(self, worker_index: int = 0) -> optuna.Study:
+        """Creates the study in the storage, or loads it when it exists (the resume path).
+
+        Raises:
+            ValueError: when an existing study of that name optimizes in the other direction.
+        """
+        if self._storage is None or worker_index > 0:
+            storage = make_storage(self.storage if worker_index == 0 else self._storage_url())
+            if worker_index == 0:
+                self._storage = storage
+        else:
+            storage = self._storage
+        study = optuna.create_study(
+            storage=storage,
+            study_name=self.study_name,
+            direction=self.direction,
+            sampler=self._make_sampler(worker_index),
+            pruner=self._pruner(),
+            load_if_exists=True,
+        )
+        if study.direction.name.lower() != self.direction:
+            raise ValueError(
+                f"Study {self.study_name!r} in this storage was created with direction "
+                f"{study.direction.name.lower()}, but mode={self.mode!r} asks for {self.direction}. Use another "
+                "`study_name` or the study's mode."
+            )
+        if worker_index == 0:
+            previous = study.user_attrs.get("tetra:monitor")
+            if previous is not None and previous != self.monitor:
+                log.warning(
+                    "Study %r was tuned on monitor %r, now on %r: values of earlier trials are not comparable.",
+                    self.study_name, previous, self.monitor,
+                )
+            study.set_user_attr("tetra:monitor", self.monitor)
+            study.set_user_attr("tetra:search_space", self.search_space.to_dict())
+        return study
+
+    def _counts(self, study: optuna.Study) -> dict[TrialState, int]:
+        counts = dict.fromkeys(TrialState, 0)
+        for trial in study.get_trials(deepcopy=False):
+            counts[trial.state] += 1
+        return counts
+
+    def _failures(self, study: optuna.Study) -> int:
+        return sum(
+            1
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if not str(t.user_attrs.get(FAIL_REASON_KEY, "")).startswith("stale:")
+        )
+
+    # -------------------------------------------------------------------- fit
+    def fit(
+        self,
+        model_fn: Callable[[dict[str, Any]], LightningModule],
+        datamodule: LightningDataModule | None = None,
+        *,
+        trainer_kwargs: Mapping[str, Any] | None = None,
+        datamodule_fn: Callable[[dict[str, Any]], LightningDataModule] | None = None,
+        trainer_fn: Callable[[dict[str, Any]], Trainer | Mapping[str, Any]] | None = None,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+    ) -> TuneResult:
+        """Runs trials until the study holds ``budget`` COMPLETE + PRUNED trials, and returns the result.
+
+        Args:
+            model_fn: ``config -> LightningModule``, called once per trial with the trial's params.
+            datamodule: data shared by all trials.
+            trainer_kwargs: arguments of each trial's ``Trainer`` (accelerator, devices, precision,
+                max_epochs, logger, callbacks, ...). Callbacks are deep-copied per trial; CSV, TensorBoard and
+                W&B loggers are rebuilt per trial (version/run ``trial-N``; W&B runs grouped by ``study_name``).
+            datamodule_fn: ``config -> LightningDataModule`` when the config addresses the data (``batch_size``).
+            trainer_fn: ``config -> Trainer`` or ``config -> dict`` of Trainer arguments merged over
+                ``trainer_kwargs``, when the config addresses the Trainer (``precision``, ``gradient_clip_val``).
+            train_dataloaders: dataloaders when there is no datamodule.
+            val_dataloaders: dataloaders when there is no datamodule.
+
+        Returns:
+            A :class:`TuneResult` over all trials of the study.
+
+        Raises:
+            TypeError: when ``model_fn`` is not callable or returns no LightningModule.
+            ValueError: for conflicting data arguments.
+            Exception: a trial's exception when it is not an instance of ``catch``.
+        """
+        if not callable(model_fn):
+            raise TypeError(f"`model_fn` must be a callable config -> LightningModule, got {type(model_fn).__name__}.")
+        for name, fn in (("datamodule_fn", datamodule_fn), ("trainer_fn", trainer_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"`{name}` must be a callable taking the config dict, got {type(fn).__name__}.")
+        if datamodule is not None and datamodule_fn is not None:
+            raise ValueError("Pass either `datamodule` or `datamodule_fn`, not both.")
+        if (datamodule is not None or datamodule_fn is not None) and train_dataloaders is not None:
+            raise ValueError("Pass either a datamodule or `train_dataloaders`, not both.")
+        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+            raise TypeError(f"`trainer_kwargs` must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}.")
+        fit_args = {
+            "model_fn": model_fn,
+            "datamodule": datamodule,
+            "datamodule_fn": datamodule_fn,
+            "trainer_kwargs": dict(trainer_kwargs or {}),
+            "trainer_fn": trainer_fn,
+            "train_dataloaders": train_dataloaders,
+            "val_dataloaders": val_dataloaders,
+        }
+        with self._quiet():
+            study = self.load_study()
+            fail_stale_trials(study, retry=self.retry_stale)
+            counts = self._counts(study)
+            done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            # RUNNING trials left here belong to live processes (other hosts or tuners): they will finish.
+            slots = self.budget - done - counts[TrialState.RUNNING]
+            failures_left = self.max_failures - self._failures(study)
+            if slots <= 0:
+                log.info("Study %r already holds %d finished trials (budget %d): nothing to run.",
+                         self.study_name, done, self.budget)
+            elif failures_left <= 0:
+                log.warning("Study %r already holds %d failed trials (max_failures=%d): nothing to run.",
+                            self.study_name, self._failures(study), self.max_failures)
+            else:
+                log.info("Study %r: %d finished trials, running up to %d more on %d worker(s).",
+                         self.study_name, done, slots, self.n_jobs)
+                if self.n_jobs == 1:
+                    budget = _Budget(slots, failures_left)
+                    with _progress(self.progress_bar, self.budget, done, self.study_name) as bar:
+                        self._optimize(study, budget, fit_args, worker_index=0, bar=bar)
+                else:
+                    self._optimize_parallel(study, slots, failures_left, fit_args, done)
+            result = TuneResult.from_study(study, self.monitor, self.mode)
+            self._log_summary(result, fit_args["trainer_kwargs"])
+        if result.n_complete and result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            log.info("%d trial(s) failed; see result.trials['user_attrs_fail_reason'].",
+                     len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))))
+        return result
+
+    def _optimize(
+        self, study: optuna.Study, budget: _Budget, fit_args: dict[str, Any], worker_index: int, bar: Any = None,
+        device_index: int | None = None,
+    ) -> None:
+        while budget.acquire():
+            trial = study.ask(fixed_distributions=self.distributions)
+            stamp_trial(study._storage, trial._trial_id)
+            config = {name: trial.params[name] for name in self.distributions}
+            try:
+                outcome = run_trial(
+                    config,
+                    monitor=self.monitor,
+                    mode=self.mode,
+                    objective=self.objective,
+                    optuna_trial=trial,
+                    pruning=not isinstance(self._pruner(), NopPruner),
+                    study_name=self.study_name,
+                    trial_number=trial.number,
+                    device_index=device_index,
+                    **fit_args,
+                )
+            except BaseException as error:  # model_fn misuse, KeyboardInterrupt, SystemExit: record, re-raise
+                budget.release(failed=True)
+                outcome = TrialOutcome(
+                    "failed",
+                    error=f"{type(error).__name__}: {error}",
+                    traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                    exception=error,
+                )
+                self._tell(study, trial, outcome)
+                raise
+            self._tell(study, trial, outcome)
+            if outcome.status == "failed":
+                budget.release(failed=True)
+                if not isinstance(outcome.exception, self.catch):
+                    assert outcome.exception is not None
+                    raise outcome.exception
+            if bar is not None:
+                bar.update(1 if outcome.status != "failed" else 0)
+                best = _best_value(study)
+                if best is not None:
+                    bar.set_postfix({f"best {self.monitor}": f"{best:.4g}"})
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, outcome: TrialOutcome) -> None:
+        if isinstance(self._pruner(), NopPruner):
+            # Without a pruner nothing reported live: store the learning curve now.
+            for epoch, value in sorted(outcome.epoch_values.items()):
+                if math.isfinite(value):
+                    trial.report(value, step=epoch)
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        if outcome.status == "failed":
+            trial.set_user_attr(FAIL_REASON_KEY, outcome.error)
+            trial.set_user_attr(TRACEBACK_KEY, outcome.traceback)
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("Trial %d FAIL in %.1fs: %s | %s", trial.number, outcome.duration_s, outcome.error, params)
+            return
+        if outcome.status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, outcome.value)
+        best = _best_value(study)
+        log.info(
+            "Trial %d %s %s=%s (best %s) in %.1fs | %s",
+            trial.number, outcome.status.upper(), self.monitor, _fmt(outcome.value),
+            _fmt(best), outcome.duration_s, params,
+        )
+
+    def _optimize_parallel(
+        self, study: optuna.Study, slots: int, failures_left: int, fit_args: dict[str, Any], done: int
+    ) -> None:
+        import torch
+
+        method = self.start_method
+        if method is None:
+            forkable = "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized()
+            method = "fork" if forkable else "spawn"
+        context = mp.get_context(method)
+        if method != "fork":
+            try:
+                pickle.dumps((self, fit_args))
+            except Exception as error:  # noqa: BLE001 - turned into an actionable message
+                raise TypeError(
+                    f"n_jobs={self.n_jobs} starts worker processes with 'spawn' here, which needs picklable "
+                    f"model_fn/datamodule/trainer arguments: {error}. Use module-level functions, not lambdas."
+                ) from error
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        use_gpus = gpus > 0 and "devices" not in fit_args["trainer_kwargs"] and fit_args["trainer_kwargs"].get(
+            "accelerator", "auto") in ("auto", "gpu", "cuda")
+        budget = _Budget(slots, failures_left, context=context)
+        workers = []
+        for index in range(self.n_jobs):
+            device = index % gpus if use_gpus else None
+            process = context.Process(
+                target=_worker_main,
+                args=(self, fit_args, index, budget, device, method == "fork"),
+                name=f"tetra-trial-worker-{index}",
+                daemon=True,
+            )
+            process.start()
+            workers.append(process)
+        try:
+            with _progress(self.progress_bar, self.budget, done, self.study_name) as bar:
+                while any(p.is_alive() for p in workers):
+                    time.sleep(0.5)
+                    self._refresh_bar(study, bar)
+                    if any(p.exitcode not in (None, 0) for p in workers):
+                        break
+                for process in workers:
+                    process.join(timeout=None if all(p.exitcode in (None, 0) for p in workers) else 5)
+                self._refresh_bar(study, bar)
+        finally:
+            for process in workers:
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
+        crashed = [p for p in workers if p.exitcode not in (0, None)]
+        if crashed:
+            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            detail = failed[-1].user_attrs.get(TRACEBACK_KEY, "") if failed else ""
+            raise RuntimeError(
+                f"{len(crashed)} tuner worker process(es) exited with codes {[p.exitcode for p in crashed]}."
+                f" Last failed trial:\n{detail}"
+            )
+
+    def _refresh_bar(self, study: optuna.Study, bar: Any) -> None:
+        if bar is None:
+            return
+        counts = self._counts(study)
+        bar.n = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        best = _best_value(study)
+        if best is not None:
+            bar.set_postfix({f"best {self.monitor}": f"{best:.4g}"}, refresh=False)
+        bar.refresh()
+
+    # ----------------------------------------------------------------- output
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        if not self.quiet:
+            yield
+            return
+        previous = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+        optuna_level = optuna.logging.get_verbosity()
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in previous.items():
+                logging.getLogger(name).setLevel(level)
+            optuna.logging.set_verbosity(optuna_level)
+
+    def _log_summary(self, result: TuneResult, trainer_kwargs: Mapping[str, Any]) -> None:
+        loggers = trainer_kwargs.get("logger")
+        if loggers is None or isinstance(loggers, bool):
+            return
+        loggers = [loggers] if not isinstance(loggers, (list, tuple)) else list(loggers)
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                log_wandb_summary(result, logger, self.study_name)
+
+
+def log_wandb_summary(result: TuneResult, logger: WandbLogger, study_name: str) -> None:
+    """Logs a W&B run ``<study>-summary`` in the study's group with the trials table and the best config."""
+    import wandb
+
+    init = dict(logger._wandb_init)
+    settings = {}
+    if logger._offline:
+        settings["mode"] = "offline"
+    run = wandb.init(
+        project=init.get("project"),
+        entity=init.get("entity"),
+        dir=init.get("dir"),
+        group=init.get("group") or study_name,
+        name=f"{study_name}-summary",
+        job_type="tune-summary",
+        config={"monitor": result.monitor, "mode": result.mode},
+        reinit="create_new",
+        **settings,
+    )
+    try:
+        frame = result.trials.copy()
+        keep = [c for c in frame.columns if c in ("number", "value", "state") or c.startswith("params_")]
+        if "user_attrs_fail_reason" in frame.columns:
+            keep.append("user_attrs_fail_reason")
+        table = frame[keep].rename(columns={"user_attrs_fail_reason": "fail_reason"})
+        if "duration" in frame.columns:
+            table["duration_s"] = frame["duration"].dt.total_seconds()
+        table = table.astype(object).where(table.notna(), None)
+        run.log({"trials": wandb.Table(dataframe=table)})
+        if result.n_complete:
+            run.summary["best_value"] = result.best_value
+            run.summary["best_trial"] = result.best_trial.number
+            run.summary["best_params"] = result.best_params
+            run.config.update({f"best/{k}": v for k, v in result.best_params.items()})
+    finally:
+        run.finish()
+
+
+class _Budget:
+    """Trial slots shared by the workers: COMPLETE/PRUNED trials use a slot, failures hand it back."""
+
+    def __init__(self, slots: int, failures_left: int, context: Any = None) -> None:
+        if context is None:
+            self._slots = _Plain(slots)
+            self._failures = _Plain(failures_left)
+            self._lock: Any = contextlib.nullcontext()
+        else:
+            self._lock = context.Lock()
+            self._slots = context.Value("i", slots, lock=False)
+            self._failures = context.Value("i", failures_left, lock=False)
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._slots.value <= 0 or self._failures.value <= 0:
+                return False
+            self._slots.value -= 1
+            return True
+
+    def release(self, failed: bool) -> None:
+        with self._lock:
+            self._slots.value += 1
+            if failed:
+                self._failures.value -= 1
+
+
+class _Plain:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def _worker_main(
+    tuner: TetraOptTuner, fit_args: dict[str, Any], index: int, budget: _Budget, device: int | None, forked: bool
+) -> None:
+    import torch
+
+    _die_with_parent()
+    # GNU OpenMP's thread pool does not survive fork: a forked child that runs a parallel region with the
+    # parent's pool deadlocks. One thread per forked worker is safe; spawned workers split the cores.
+    torch.set_num_threads(1 if forked else max(1, (os.cpu_count() or 1) // tuner.n_jobs))
+    if isinstance(tuner._storage, RDBStorage):
+        # A forked child must not touch the parent's pooled database connections (SQLAlchemy's advice).
+        tuner._storage.engine.dispose(close=False)
+    with tuner._quiet():
+        study = tuner.load_study(worker_index=index + 1)
+        tuner._optimize(study, budget, fit_args, worker_index=index, device_index=device)
+
+
+def _die_with_parent() -> None:
+    # Linux only: a worker whose tuner process dies is killed instead of training on as an orphan. SIGKILL,
+    # because Lightning's SIGTERM handler only runs between Python bytecodes; the worker's RUNNING trial is
+    # marked FAIL (stale) and retried by the next `fit`.
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, initial: int, name: str) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=f"tuning {name}", unit="trial", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _check_int(name: str, value: Any, *, minimum: int, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__}). Pass e.g. `{example}`.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}. Pass e.g. `{example}`.")
