@@ -22,7 +22,7 @@ from torch import nn
 
 from tetra_lightning.data import CIFAR10DataModule, DigitsDataModule, load_cifar10
 from tetra_lightning.optim import Categorical, Float, Int
-from tetra_lightning.tuner import TetraOptTuner
+from tetra_lightning.tuner import TetraOptTuner, TuneResult
 
 
 class LitCNN(LightningModule):
@@ -65,7 +65,7 @@ class LitCNN(LightningModule):
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> TuneResult:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=20, help="trials to run (COMPLETE + PRUNED)")
     parser.add_argument("--max-epochs", type=int, default=4, help="epochs per trial")
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     print(result.trials[columns].to_string(index=False))
     print(f"best val_acc {result.best_value:.4f} with {result.best_params}")
     print(f"plot: {result.plot(args.plot)}")
+    return result
 
 
 if __name__ == "__main__":

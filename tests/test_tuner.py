@@ -13,8 +13,8 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
-from test_tuner_helpers import FAST_TRAINER, DigitsData, TinyMLP
 
+from tests.helpers.tuner_models import FAST_TRAINER, DigitsData, TinyMLP
 from tetra_lightning.optim import Categorical, Float, Int
 from tetra_lightning.tuner import TetraOptTuner, TrialPruningCallback, TuneResult, run_trial
 

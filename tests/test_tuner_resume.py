@@ -13,8 +13,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from test_tuner_helpers import FAST_TRAINER, DigitsData, TinyMLP
 
+from tests.helpers.tuner_models import FAST_TRAINER, DigitsData, TinyMLP
 from tetra_lightning.optim import Categorical, Float
 from tetra_lightning.tuner import TetraOptTuner
 
@@ -24,7 +24,7 @@ BUDGET = 5
 SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {tests!r})
-from test_tuner_helpers import FAST_TRAINER, DigitsData, TinyMLP
+from helpers.tuner_models import FAST_TRAINER, DigitsData, TinyMLP
 from tetra_lightning.optim import Categorical, Float
 from tetra_lightning.tuner import TetraOptTuner
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_tuner_helpers import FAST_TRAINER, DigitsData, TinyMLP
 
+from tests.helpers.tuner_models import FAST_TRAINER, DigitsData, TinyMLP
 from tetra_lightning.optim import Float
 from tetra_lightning.tuner import TetraOptTuner
 
