@@ -1,7 +1,9 @@
-"""Architecture search spaces: the NAS-Bench-201 / NATS-Bench topology space as a black-box objective."""
+"""Architecture search: the NATS-Bench topology (tss) and size (sss) spaces, their cell networks, objectives."""
 
 from __future__ import annotations
 
+from tetra_lightning.nas.api import NATSBenchObjective, TimeBudgetExhausted
+from tetra_lightning.nas.networks import SSS_GENOTYPE, NATSNetwork, build_nats_network, nats_layer_channels
 from tetra_lightning.nas.objective import (
     DATASETS,
     EDGES,
@@ -10,6 +12,13 @@ from tetra_lightning.nas.objective import (
     NASBench201Objective,
     arch_str_to_ops,
     ops_to_arch_str,
+)
+from tetra_lightning.nas.spaces import (
+    NATS_SPACES,
+    SSS_CHANNELS,
+    NATSSizeSpace,
+    NATSTopologySpace,
+    get_nats_space,
 )
 
 __all__ = [
@@ -20,4 +29,26 @@ __all__ = [
     "NASBench201Objective",
     "arch_str_to_ops",
     "ops_to_arch_str",
+    # NATS-Bench spaces, networks, API objective; NATSLightningModule is in tetra_lightning.nas.lightning
+    # (imported lazily below so that the spaces do not import Lightning)
+    "NATS_SPACES",
+    "SSS_CHANNELS",
+    "SSS_GENOTYPE",
+    "NATSBenchObjective",
+    "NATSLightningModule",
+    "NATSNetwork",
+    "NATSSizeSpace",
+    "NATSTopologySpace",
+    "TimeBudgetExhausted",
+    "build_nats_network",
+    "get_nats_space",
+    "nats_layer_channels",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "NATSLightningModule":
+        from tetra_lightning.nas.lightning import NATSLightningModule
+
+        return NATSLightningModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
