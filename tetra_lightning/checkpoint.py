@@ -29,9 +29,13 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "HISTORY_STATE_KEY",
     "CompressibleMixin",
     "applied_history",
+    "entry_key",
     "history_from_checkpoint",
+    "history_to_tensor",
+    "is_prune_entry",
     "record_history",
     "replay_history",
     "restore_from_checkpoint",
@@ -39,14 +43,44 @@ __all__ = [
 
 #: Top-level key of a Lightning checkpoint under which the structural history is stored.
 CHECKPOINT_KEY = "tetra_lightning"
+#: State-dict key under which a spawned DDP worker sends its structural history to the launching process.
+HISTORY_STATE_KEY = "_tetra_lightning_history"
 # Name of the plain attribute on a module that lists the history entries already applied to it.
 _APPLIED_ATTR = "_tetra_applied_history"
 
 
-def _entry_key(entry: Mapping[str, Any]) -> str:
-    # rel_error may be nan, and nan != nan, so entries are compared on their structural part only.
-    structural = {key: entry.get(key) for key in ("name", "method", "spec", "ranks", "skipped")}
+def is_prune_entry(entry: Mapping[str, Any]) -> bool:
+    """Whether a history entry was written by :func:`~tetra_lightning.prune.prune_` (else by ``compress_``).
+
+    Example:
+        >>> is_prune_entry({"kind": "prune", "ops": []}), is_prune_entry({"name": "fc", "method": "svd"})
+        (True, False)
+    """
+    return entry.get("kind") == "prune"
+
+
+def entry_key(entry: Mapping[str, Any]) -> str:
+    """Structural identity of a history entry; measurements such as errors (nan != nan) are left out.
+
+    Example:
+        >>> entry_key({"kind": "prune", "ops": [["fc", "out", [1]]], "params_after": 3})
+        '{"kind": "prune", "ops": [["fc", "out", [1]]]}'
+    """
+    if is_prune_entry(entry):
+        structural = {"kind": "prune", "ops": entry.get("ops")}
+    else:
+        structural = {key: entry.get(key) for key in ("name", "method", "spec", "ranks", "skipped")}
     return json.dumps(structural, sort_keys=True, default=str)
+
+
+def history_to_tensor(history: list[dict[str, Any]]) -> torch.Tensor:
+    """Encodes a history as a uint8 tensor (JSON bytes), so it can travel inside a ``state_dict``.
+
+    Example:
+        >>> bytes(history_to_tensor([{"kind": "prune"}]).tolist())
+        b'[{"kind": "prune"}]'
+    """
+    return torch.tensor(list(json.dumps(history).encode()), dtype=torch.uint8)
 
 
 def applied_history(model: nn.Module) -> list[dict[str, Any]]:
@@ -95,7 +129,8 @@ def replay_history(model: nn.Module, history: list[dict[str, Any]]) -> list[dict
 
     Args:
         model: a fresh dense model, or one that already went through a prefix of ``history``.
-        history: the full structural history.
+        history: the full structural history: entries of :func:`~tetra_lightning.decompose.compress_`,
+            ``recompose_`` and :func:`~tetra_lightning.prune.prune_`, in the order they were applied.
 
     Returns:
         The entries that were replayed now (empty when the model already has the structure).
@@ -108,18 +143,30 @@ def replay_history(model: nn.Module, history: list[dict[str, Any]]) -> list[dict
         []
     """
     applied = applied_history(model)
-    applied_keys = [_entry_key(entry) for entry in applied]
-    if [_entry_key(entry) for entry in history[: len(applied)]] != applied_keys:
+    if [entry_key(entry) for entry in history[: len(applied)]] != [entry_key(entry) for entry in applied]:
         raise ValueError(
             f"The model already went through {len(applied)} structural rewrites that do not match the first "
             f"entries of the checkpoint's history ({len(history)} entries). Load the checkpoint into a freshly "
             "constructed (dense) model."
         )
-    pending = history[len(applied) :]
-    if pending:
-        from tetra_lightning.decompose import restore_structure
+    pending = [dict(entry) for entry in history[len(applied) :]]
+    decompositions: list[dict[str, Any]] = []
+    for entry in [*pending, None]:
+        # Consecutive decomposition entries are replayed together (restore_structure re-resolves names);
+        # pruning entries in between are replayed where they happened.
+        if entry is not None and not is_prune_entry(entry):
+            decompositions.append(entry)
+            continue
+        if decompositions:
+            from tetra_lightning.decompose import restore_structure
 
-        restore_structure(model, pending)
+            restore_structure(model, decompositions)
+            decompositions = []
+        if entry is not None:
+            from tetra_lightning.prune.core import restore_pruned_structure
+
+            restore_pruned_structure(model, [entry])
+    if pending:
         record_history(model, pending)
     return pending
 
@@ -179,7 +226,7 @@ def restore_from_checkpoint(
 
 
 class CompressibleMixin:
-    """LightningModule mixin that makes checkpoints of compressed models loadable.
+    """LightningModule mixin that makes checkpoints of compressed and pruned models loadable.
 
     Put it *before* ``LightningModule`` in the bases. Its ``on_load_checkpoint`` replays the structural history
     stored in the checkpoint (``checkpoint["tetra_lightning"]["history"]``) on the freshly constructed dense
@@ -215,6 +262,15 @@ class CompressibleMixin:
         parent = super()
         if hasattr(parent, "on_load_checkpoint"):
             parent.on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        # With ddp_spawn the launching process loads the worker's weights with load_state_dict(strict=False); a
+        # structural callback then puts its history into that state dict, replayed here so the shapes fit.
+        if HISTORY_STATE_KEY in state_dict:
+            blob = state_dict[HISTORY_STATE_KEY]
+            replay_history(self, json.loads(bytes(blob.tolist()).decode()))  # type: ignore[arg-type]
+            state_dict = {key: value for key, value in state_dict.items() if key != HISTORY_STATE_KEY}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert isinstance(self, nn.Module)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers.models import TinyResNet
+from tetra_lightning.decompose import TuckerConfig, compress_
+from tetra_lightning.prune import (
+    output_layers,
+    prune_,
+    replay_history,
+    restore_pruned_structure,
+)
+from tetra_lightning.report import count_macs, count_parameters
+
+X = torch.randn(2, 3, 16, 16)
+
+
+def test_uniform_pruning_shrinks_params_and_macs_by_about_four() -> None:
+    model = TinyResNet()
+    dense, dense_macs = count_parameters(model), count_macs(model, X)
+    history = prune_(model, X, pruning_ratio=0.5)
+    # Half of the channels on both sides of every conv: ~4x fewer weights and MACs (head and stem inputs kept).
+    assert 3.6 <= dense / count_parameters(model) <= 4.2
+    assert 3.6 <= dense_macs / count_macs(model, X) <= 4.2
+    assert model.fc.out_features == 10 and model.fc.in_features == 32
+    assert model.conv1.out_channels == 8 and model.conv1.in_channels == 3
+    assert history[0]["kind"] == "prune" and history[0]["params_after"] == count_parameters(model)
+    assert model.eval()(X).shape == (2, 10)
+
+
+def test_replay_on_a_fresh_model_gives_identical_outputs() -> None:
+    model = TinyResNet()
+    history = json.loads(json.dumps(prune_(model, X, pruning_ratio=0.4, importance="l2", round_to=4)))
+    fresh = restore_pruned_structure(TinyResNet(seed=1), history)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.eval()(X), model.eval()(X))
+    assert all(m.out_channels % 4 == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+    with pytest.raises(ValueError, match="differ from the recorded ones"):
+        restore_pruned_structure(TinyResNet(widths=(16, 32, 48)), history)
+
+
+@pytest.mark.parametrize("importance", ["l1", "bn_scale", "taylor"])
+def test_importances_keep_the_most_important_channels(importance: str) -> None:
+    model = TinyResNet()
+    with torch.no_grad():  # make channel 3 of the stem group clearly the most important
+        model.conv1.weight[3] *= 50
+        model.bn1.weight[3] = 50.0
+    loss_fn = (lambda m: m(X).square().sum()) if importance == "taylor" else None
+    history = prune_(model, X, pruning_ratio=0.5, importance=importance, loss_fn=loss_fn)
+    removed = dict(((name, d), idx) for name, d, idx in history[0]["ops"])[("conv1", "out")]
+    assert 3 not in removed and len(removed) == 8
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_global_pruning_and_target_params_ratio() -> None:
+    model = TinyResNet()
+    dense = count_parameters(model)
+    prune_(model, X, target_params_ratio=4.5)
+    assert 4.5 <= dense / count_parameters(model) <= 5.2
+    glob = TinyResNet()
+    prune_(glob, X, pruning_ratio=0.5, global_pruning=True)
+    assert count_parameters(glob) < 0.5 * dense
+    assert glob.eval()(X).shape == (2, 10)
+
+
+def test_factorized_layers_are_pruned_and_mixed_history_replays() -> None:
+    model = TinyResNet()
+    history = compress_(model, TuckerConfig(rank=0.5))
+    history += prune_(model, X, pruning_ratio=0.5)
+    fresh = TinyResNet()
+    assert len(replay_history(fresh, json.loads(json.dumps(history)))) == len(history)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.eval()(X), model.eval()(X))
+    assert replay_history(fresh, history) == []  # idempotent
+
+
+def test_output_layer_is_kept_and_ignored_layers() -> None:
+    assert output_layers(TinyResNet(), X) == ["fc"]
+    model = TinyResNet()
+    prune_(model, X, pruning_ratio=0.5, ignored_layers=["conv1"])
+    assert model.conv1.out_channels == 16  # and the whole residual group tied to it
+    assert model.fc.in_features == 64 // 2 and model.fc.out_features == 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"pruning_ratio": 0.0}, ValueError, r"`pruning_ratio` must be in \(0, 1\).*got 0.0"),
+        ({"pruning_ratio": 1.2}, ValueError, r"`pruning_ratio` must be in \(0, 1\).*got 1.2"),
+        ({"pruning_ratio": "half"}, TypeError, r"`pruning_ratio` must be a float in \(0, 1\), got str"),
+        (
+            {"importance": "random"},
+            ValueError,
+            r"`importance` must be one of 'l1', 'l2', 'bn_scale', 'taylor'",
+        ),
+        ({"round_to": 0}, ValueError, r"`round_to` must be None or an int >= 1"),
+        ({"target_params_ratio": 0.5}, ValueError, r"`target_params_ratio` must be > 1"),
+        ({"importance": "taylor"}, ValueError, r"has no gradients. Pass `loss_fn="),
+        ({"ignored_layers": ["nope"]}, ValueError, r"`ignored_layers` names 'nope'"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        prune_(TinyResNet(), X, **kwargs)

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from tests.helpers.boring import BoringConvModule, make_dataset
+from tetra_lightning.callbacks import QuantizationCallback
+from tetra_lightning.callbacks._surgery import optimizer_parameters
+
+
+def _trainer(tmp_path: Path, callbacks: list[Callback], max_epochs: int, **kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = {
+        "max_epochs": max_epochs,
+        "callbacks": callbacks,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": tmp_path,
+        "accelerator": "cpu",
+        "devices": 1,
+    }
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def _accuracy(model: torch.nn.Module) -> float:
+    x, y = make_dataset().tensors
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_ptq_keeps_accuracy_and_exports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = BoringConvModule(lr=0.05)
+    callback = QuantizationCallback(mode="int8", calibration_batches=4, export_path=tmp_path / "q.pt2")
+    _trainer(tmp_path, [callback], max_epochs=4).fit(module)
+    module.eval()
+    float_accuracy = _accuracy(module.net)
+    assert float_accuracy > 0.8
+    assert _accuracy(callback.quantized_model) >= float_accuracy - 0.03
+    assert 3.5 <= callback.summary["bytes_before"] / callback.summary["bytes_after"] <= 4.1
+    reloaded = torch.export.load(str(tmp_path / "q.pt2")).module()
+    x = make_dataset(num_samples=16).tensors[0]
+    assert torch.equal(reloaded(x), callback.quantized_model(x))
+    assert type(module.net).__name__ == "BoringConvNet"  # the LightningModule stays float
+
+
+class QatProbe(Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            self.exact = {id(p) for p in optimizer_parameters(trainer)} == {
+                id(p) for p in pl_module.parameters()
+            }
+            self.fake_quant = any("FakeQuant" in type(m).__name__ for m in pl_module.modules())
+
+
+def test_qat_trains_with_fake_quant_then_converts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = BoringConvModule(lr=0.05)
+    callback, probe = QuantizationCallback(mode="int8", qat_start_epoch=1), QatProbe()
+    _trainer(tmp_path, [callback, probe], max_epochs=3, limit_val_batches=1).fit(module)
+    assert probe.exact and probe.fake_quant and callback.qat_active
+    assert module.mean_epoch_loss(2) < module.mean_epoch_loss(0)
+    assert _accuracy(callback.quantized_model) > 0.8
+    path = callback.export(tmp_path / "qat.pt2")
+    x = make_dataset(num_samples=8).tensors[0]
+    assert torch.equal(torch.export.load(path).module()(x), callback.quantized_model(x))
+
+
+def test_fp16_mode(tmp_path: Path) -> None:
+    callback = QuantizationCallback(mode="fp16")
+    module = BoringConvModule()
+    _trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(module)
+    assert callback.quantized_model.head.weight.dtype == torch.float16
+    assert module.net.head.weight.dtype == torch.float32
+    assert callback.summary["bytes_before"] == 2 * callback.summary["bytes_after"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "int4"}, r"`mode` must be one of 'int8', 'int8_weight_only', 'fp16', 'bf16', got 'int4'"),
+        ({"qat_start_epoch": -1}, r"`qat_start_epoch` must be None or an int >= 0, got -1"),
+        ({"mode": "fp16", "qat_start_epoch": 1}, r"`qat_start_epoch` needs mode='int8'"),
+        ({"calibration_batches": 0}, r"`calibration_batches` must be an int >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        QuantizationCallback(**kwargs)
+
+
+def test_misconfigurations(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match=r"start QAT at epoch 3 .* max_epochs=3"):
+        _trainer(tmp_path, [QuantizationCallback(qat_start_epoch=3)], max_epochs=3).fit(BoringConvModule())
+    with pytest.raises(MisconfigurationException, match=r"`submodule='body'` is not a child"):
+        _trainer(tmp_path, [QuantizationCallback(submodule="body")], max_epochs=1).fit(BoringConvModule())
+    with pytest.raises(RuntimeError, match="nothing is quantized yet"):
+        QuantizationCallback().export(tmp_path / "x.pt2")
