@@ -1,0 +1,378 @@
+"""LowRankCallback: train factorized layers with a rank-shrinking prior and remove dead rank components."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from tetra_lightning.callbacks._surgery import (
+    broadcast_module_state,
+    broadcast_object,
+    is_distributed,
+    rebuild_optimizers,
+    rewrap_ddp,
+)
+from tetra_lightning.checkpoint import (
+    CHECKPOINT_KEY,
+    CompressibleMixin,
+    applied_history,
+    history_from_checkpoint,
+    record_history,
+    replay_history,
+)
+from tetra_lightning.lowrank.priors import GammaGaussianPrior, SVDTrainingRegularizer, shrinkable_layers
+from tetra_lightning.lowrank.shrink import layer_ranks, shrink_
+
+__all__ = ["LowRankCallback"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+_METHODS = ("svd", "tt")
+_INIT_STAGE = "lowrank-init"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LowRankCallback(Callback):
+    """Automatic rank selection: generous ranks, a rank-shrinking prior, and real removal of dead components.
+
+    1. At ``setup("fit")`` (before the optimizers exist) every ``nn.Linear`` / ``nn.Conv2d`` accepted by
+       ``filter_fn`` is factorized with ``method`` at the generous ``rank`` (int ranks are capped at each layer's
+       full rank; a float is a parameter fraction as in :class:`~tetra_lightning.decompose.SVDConfig`). Unlike
+       :func:`~tetra_lightning.decompose.compress_`, a layer is factorized even when that does not save
+       parameters yet: the prior will shrink it. With ``rank=None`` the model is left as it is (e.g. built from
+       :func:`~tetra_lightning.lowrank.tt_linear` layers) and only its existing SVD/TT layers are handled.
+    2. Every optimizer step, the gradient of ``prior_weight * prior`` over all SVD/TT layers is added to the
+       parameters' gradients in ``on_before_optimizer_step``. That hook runs once per optimizer step (also with
+       gradient accumulation), after AMP unscaling and the DDP all-reduce and before gradient clipping, so the
+       result is exactly the gradient of ``loss + prior_weight * penalty`` with no change to the user's
+       ``training_step``. (Users who prefer to add the term themselves call
+       :func:`~tetra_lightning.lowrank.lowrank_penalty` in ``training_step`` and pass ``apply_prior=False``.)
+    3. At the start of each epoch in ``shrink_epochs`` the components whose scale is at most ``threshold`` times
+       the layer's largest are removed (:func:`~tetra_lightning.lowrank.shrink_`), then the optimizers and LR
+       schedulers are rebuilt through the module's ``configure_optimizers`` (state of the surviving parameters
+       and the schedule position carried over). Under DDP rank 0 decides and broadcasts.
+    4. At each epoch end the rank of every layer is logged (``lowrank/rank/<fqn>``, one per bond with a
+       ``/<bond>`` suffix for TT) with ``lowrank/params``; :attr:`rank_history` keeps them per epoch.
+
+    The structural history (factorization + shrinks) is stored in the callback state and in
+    ``checkpoint["tetra_lightning"]["history"]``: ``Trainer.fit(ckpt_path=...)`` on a fresh model resumes with
+    the shrunk structure, and ``Model.load_from_checkpoint`` works for modules using
+    :class:`~tetra_lightning.checkpoint.CompressibleMixin`.
+
+    Args:
+        method: ``"svd"`` or ``"tt"``.
+        rank: generous initial rank (int, float fraction) or ``None`` to keep the model's own layers.
+        prior: a :class:`~tetra_lightning.lowrank.GammaGaussianPrior` (default) or
+            :class:`~tetra_lightning.lowrank.SVDTrainingRegularizer`.
+        prior_weight: scale of the penalty; ``None`` uses ``1 / N`` with ``N`` the training set size (MAP).
+        threshold: relative scale in ``[0, 1)`` below which a component is removed.
+        shrink_epochs: epochs at whose start components are removed (>= 1); ``None``: every epoch from 1.
+        filter_fn: ``(module, fqn) -> bool`` selecting the layers to factorize and shrink.
+        min_rank: components kept at least, per bond.
+        apply_prior: add the prior's gradient in ``on_before_optimizer_step``.
+        verbose: print the ranks after each shrink on rank zero.
+
+    Raises:
+        ValueError: for a bad ``method``, ``rank``, ``prior_weight``, ``threshold``, ``shrink_epochs`` or
+            ``min_rank``.
+        TypeError: for a ``prior`` or ``filter_fn`` of the wrong type.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> class Net(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+        ...     def forward(self, x):
+        ...         return self.body(x)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return nn.functional.cross_entropy(self(batch[0]), batch[1])
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.05)
+        ...     def train_dataloader(self):
+        ...         return DataLoader(TensorDataset(torch.randn(64, 32), torch.randint(0, 4, (64,))), batch_size=16)
+        >>> callback = LowRankCallback(rank=16, prior_weight=0.05, threshold=0.1, verbose=False)
+        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(Net())
+        >>> sorted(callback.rank_history[0])
+        ['body.0', 'body.2']
+    """
+
+    def __init__(
+        self,
+        method: str = "svd",
+        rank: int | float | None = 0.5,
+        prior: GammaGaussianPrior | SVDTrainingRegularizer | None = None,
+        prior_weight: float | None = None,
+        threshold: float = 1e-2,
+        shrink_epochs: Sequence[int] | None = None,
+        filter_fn: FilterFn | None = None,
+        *,
+        min_rank: int = 1,
+        apply_prior: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        if method not in _METHODS:
+            raise ValueError(f"`method` must be 'svd' or 'tt', got {method!r}. Pass method='svd'.")
+        if rank is not None and (
+            isinstance(rank, bool)
+            or not isinstance(rank, (int, float))
+            or (_is_int(rank) and rank < 1)
+            or (isinstance(rank, float) and not 0 < rank <= 1)
+        ):
+            raise ValueError(
+                f"`rank` must be a positive int, a float in (0, 1] or None, got {rank!r}. Pass e.g. rank=0.5 to "
+                "start at half the dense parameters, or rank=None for a model that is already factorized."
+            )
+        if prior is None:
+            prior = GammaGaussianPrior()
+        if not isinstance(prior, (GammaGaussianPrior, SVDTrainingRegularizer)):
+            raise TypeError(
+                f"`prior` must be a GammaGaussianPrior or SVDTrainingRegularizer, got {type(prior).__name__}."
+            )
+        if prior_weight is not None and (
+            isinstance(prior_weight, bool)
+            or not isinstance(prior_weight, (int, float))
+            or not (math.isfinite(prior_weight) and prior_weight >= 0)
+        ):
+            raise ValueError(
+                f"`prior_weight` must be a finite float >= 0 or None (1 / training set size), got {prior_weight!r}."
+            )
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+            raise ValueError(
+                f"`threshold` must be a float in [0, 1) (scale relative to the layer's largest component), got "
+                f"{threshold!r}. Pass e.g. threshold=1e-2."
+            )
+        if shrink_epochs is not None and (
+            isinstance(shrink_epochs, (str, bytes))
+            or not all(_is_int(epoch) and epoch >= 1 for epoch in shrink_epochs)
+        ):
+            raise ValueError(
+                f"`shrink_epochs` must be a sequence of ints >= 1 (epochs at whose start to shrink), got "
+                f"{shrink_epochs!r}. Pass e.g. shrink_epochs=[2, 4, 6]."
+            )
+        if filter_fn is not None and not callable(filter_fn):
+            raise TypeError(f"`filter_fn` must be callable as filter_fn(module, fqn) -> bool, got {filter_fn!r}.")
+        if not _is_int(min_rank) or min_rank < 1:
+            raise ValueError(f"`min_rank` must be an int >= 1, got {min_rank!r}.")
+
+        self.method = method
+        self.rank = rank
+        self.prior = prior
+        self.prior_weight = None if prior_weight is None else float(prior_weight)
+        self.threshold = float(threshold)
+        self.shrink_epochs = None if shrink_epochs is None else sorted(set(shrink_epochs))
+        self.filter_fn = filter_fn
+        self.min_rank = min_rank
+        self.apply_prior = apply_prior
+        self.verbose = verbose
+
+        self.history: list[dict[str, Any]] = []
+        self.shrunk_at: list[int] = []
+        self.rank_history: dict[int, dict[str, list[int]]] = {}
+        self._weight: float | None = self.prior_weight
+
+    # ------------------------------------------------------------------------------------------------------
+    # Lightning hooks
+    # ------------------------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._install_restore_hook(pl_module)
+        if stage != "fit":
+            return
+        if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
+            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
+            replay_history(pl_module, history_from_checkpoint(checkpoint))
+        already = any(entry.get("stage") == _INIT_STAGE for entry in applied_history(pl_module))
+        if self.rank is not None and not already:
+            entries = self._factorize(pl_module)
+            record_history(pl_module, entries)
+            self.history.extend(entries)
+        if not any(True for _ in shrinkable_layers(pl_module, self.filter_fn)):
+            kinds = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
+            raise MisconfigurationException(
+                f"LowRankCallback found no SVD/TT layer to train with a rank prior in {type(pl_module).__name__} "
+                f"(it has: {', '.join(kinds) or 'no submodules'}). Pass `rank=` to factorize its nn.Linear / "
+                "nn.Conv2d layers, check `filter_fn`, or build the model from tt_linear / TTEmbedding layers."
+            )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.__dict__.pop("on_load_checkpoint", None)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prior_weight is not None:
+            self._weight = self.prior_weight
+            return
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        try:
+            size = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            size = 0
+        if size <= 0:
+            raise MisconfigurationException(
+                "LowRankCallback(prior_weight=None) scales the prior by 1 / training set size, but the train "
+                "dataloader's dataset has no length. Pass `prior_weight=` explicitly (e.g. 1 / number of samples)."
+            )
+        self._weight = 1.0 / size
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self.apply_prior or not self._weight:
+            return
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        layers = [layer for _, layer in shrinkable_layers(pl_module, self.filter_fn)]
+        params = [p for layer in layers for p in layer.parameters() if p.requires_grad and id(p) in in_optimizer]
+        if not params:
+            return
+        with torch.enable_grad():
+            penalty = self._weight * torch.stack([self.prior.negative_log_prior(layer) for layer in layers]).sum()
+            grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        with torch.no_grad():
+            for param, grad in zip(params, grads, strict=True):
+                if grad is None:
+                    continue
+                if param.grad is None:
+                    param.grad = grad.detach().clone()
+                else:
+                    param.grad.add_(grad)
+        pl_module.log("lowrank/penalty", float(penalty.detach()), on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        due = epoch >= 1 if self.shrink_epochs is None else epoch in self.shrink_epochs
+        if trainer.sanity_checking or not due or epoch in self.shrunk_at:
+            return
+        self._shrink(trainer, pl_module, epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ranks = layer_ranks(pl_module, self.filter_fn)
+        self.rank_history[trainer.current_epoch] = ranks
+        for name, values in ranks.items():
+            if len(values) == 1:
+                pl_module.log(f"lowrank/rank/{name}", float(values[0]), rank_zero_only=True)
+            else:
+                for bond, value in enumerate(values):
+                    pl_module.log(f"lowrank/rank/{name}/{bond}", float(value), rank_zero_only=True)
+        params = sum(p.numel() for p in pl_module.parameters())
+        pl_module.log("lowrank/params", float(params), rank_zero_only=True)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        section = checkpoint.setdefault(CHECKPOINT_KEY, {})
+        section["history"] = [dict(entry) for entry in applied_history(pl_module)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(entry) for entry in self.history],
+            "shrunk_at": list(self.shrunk_at),
+            "rank_history": {str(epoch): dict(ranks) for epoch, ranks in self.rank_history.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]
+        self.shrunk_at = [int(epoch) for epoch in state_dict.get("shrunk_at", [])]
+        self.rank_history = {
+            int(epoch): {name: list(values) for name, values in ranks.items()}
+            for epoch, ranks in state_dict.get("rank_history", {}).items()
+        }
+
+    # ------------------------------------------------------------------------------------------------------
+    # rewrites
+    # ------------------------------------------------------------------------------------------------------
+    def _factorize(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        from tetra_lightning.decompose import FactorizedLayer, SVDConfig, TTConfig, decompose_layer
+        from tetra_lightning.decompose.core import _set_submodule
+        from tetra_lightning.decompose.ranks import layer_shape, rank_bounds
+
+        inside: list[str] = []
+        targets = []
+        for name, module in pl_module.named_modules():
+            if isinstance(module, FactorizedLayer):
+                inside.append(name)
+            if not name or any(name.startswith(prefix + ".") for prefix in inside):
+                continue
+            if type(module) in (nn.Linear, nn.Conv2d) and getattr(module, "groups", 1) == 1:
+                if self.filter_fn is None or self.filter_fn(module, name):
+                    targets.append((name, module))
+        entries = []
+        for name, module in targets:
+            rank: Any = self.rank
+            if _is_int(rank):
+                # Generous but valid: cap the int at each mode's full rank.
+                bounds = rank_bounds(layer_shape(module), self.method, None)
+                rank = [min(int(self.rank), int(bound)) for bound in bounds]  # type: ignore[arg-type]
+                rank = rank[0] if len(rank) == 1 else tuple(rank)
+            config = SVDConfig(rank=rank) if self.method == "svd" else TTConfig(rank=rank)
+            params_before = sum(p.numel() for p in module.parameters())
+            new = decompose_layer(module, config)
+            _set_submodule(pl_module, name, new)
+            entries.append(
+                {
+                    "name": name,
+                    "method": self.method,
+                    "stage": _INIT_STAGE,
+                    "spec": new.spec(),
+                    "ranks": list(new.ranks),
+                    "params_before": params_before,
+                    "params_after": sum(p.numel() for p in new.parameters()),
+                    "rel_error": float(new.rel_error),
+                }
+            )
+        return entries
+
+    def _shrink(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        distributed = is_distributed(trainer)
+        entries: list[dict[str, Any]] | None = None
+        if trainer.is_global_zero or not distributed:
+            entries = shrink_(pl_module, self.threshold, self.filter_fn, self.min_rank)
+            record_history(pl_module, entries)
+        entries = broadcast_object(trainer, entries)
+        assert entries is not None
+        if distributed and not trainer.is_global_zero:
+            replay_history(pl_module, applied_history(pl_module) + entries)
+        self.shrunk_at.append(epoch)
+        if not entries:
+            return
+        pl_module.to(trainer.strategy.root_device)
+        if distributed:
+            broadcast_module_state(pl_module)
+        rewrap_ddp(trainer)
+        rebuild_optimizers(trainer)
+        self.history.extend(entries)
+        if self.verbose:
+            lines = [f"LowRankCallback: epoch {epoch}, removed rank components below {self.threshold:g}"]
+            lines += [
+                f"  {e['name']:<32} {e['ranks_before']} -> {e['ranks']}  params {e['params_before']} -> "
+                f"{e['params_after']}"
+                for e in entries
+            ]
+            rank_zero_info("\n".join(lines))
+
+    def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
+        if isinstance(pl_module, CompressibleMixin) or "on_load_checkpoint" in pl_module.__dict__:
+            return
+        original = pl_module.on_load_checkpoint
+
+        # Lightning calls the module's `on_load_checkpoint` right before loading the weights: replaying the
+        # shrinks there gives the weights the shapes they need.
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            replay_history(pl_module, history_from_checkpoint(checkpoint))
+            original(checkpoint)
+
+        pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
