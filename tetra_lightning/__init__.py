@@ -63,6 +63,11 @@ _EXPORTS: dict[str, str] = {
     "Int": "tetra_lightning.optim",
     "Float": "tetra_lightning.optim",
     "NASBench201Objective": "tetra_lightning.nas",
+    "NATSBenchObjective": "tetra_lightning.nas",
+    "NATSTopologySpace": "tetra_lightning.nas",
+    "NATSSizeSpace": "tetra_lightning.nas",
+    "build_nats_network": "tetra_lightning.nas",
+    "NATSLightningModule": "tetra_lightning.nas",
     # tuner
     "TetraOptTuner": "tetra_lightning.tuner",
     "TuneResult": "tetra_lightning.tuner",
@@ -72,6 +77,25 @@ _EXPORTS: dict[str, str] = {
     "cifar_resnet18": "tetra_lightning.models",
     # callbacks and checkpoints
     "TensorCompressionCallback": "tetra_lightning.callbacks",
+    "PruningCallback": "tetra_lightning.callbacks",
+    "QuantizationCallback": "tetra_lightning.callbacks",
+    "LowRankCallback": "tetra_lightning.callbacks",
+    # pruning and quantization cores
+    "prune_": "tetra_lightning.prune",
+    "restore_pruned_structure": "tetra_lightning.prune",
+    "quantize_": "tetra_lightning.quantize",
+    "export_model": "tetra_lightning.quantize",
+    # tensorized layers trained from scratch and rank-shrinking priors
+    "TTEmbedding": "tetra_lightning.lowrank",
+    "TTGRUCell": "tetra_lightning.lowrank",
+    "TTLSTMCell": "tetra_lightning.lowrank",
+    "tt_linear": "tetra_lightning.lowrank",
+    "tt_conv2d": "tetra_lightning.lowrank",
+    "tt_embedding_from": "tetra_lightning.lowrank",
+    "GammaGaussianPrior": "tetra_lightning.lowrank",
+    "SVDTrainingRegularizer": "tetra_lightning.lowrank",
+    "lowrank_penalty": "tetra_lightning.lowrank",
+    "shrink_": "tetra_lightning.lowrank",
     "CompressibleMixin": "tetra_lightning.checkpoint",
     "restore_from_checkpoint": "tetra_lightning.checkpoint",
 }
@@ -93,8 +117,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
-    from tetra_lightning.callbacks import TensorCompressionCallback
+    from tetra_lightning.callbacks import (
+        LowRankCallback,
+        PruningCallback,
+        QuantizationCallback,
+        TensorCompressionCallback,
+    )
     from tetra_lightning.checkpoint import CompressibleMixin, restore_from_checkpoint
+    from tetra_lightning.data import CIFAR10DataModule, DigitsDataModule, load_cifar10
     from tetra_lightning.decompose import (
         CPConfig,
         CPConv2d,
@@ -117,9 +147,27 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         restore_structure,
     )
     from tetra_lightning.decompose.allocation import allocate_ranks
-    from tetra_lightning.data import CIFAR10DataModule, DigitsDataModule, load_cifar10
+    from tetra_lightning.lowrank import (
+        GammaGaussianPrior,
+        SVDTrainingRegularizer,
+        TTEmbedding,
+        TTGRUCell,
+        TTLSTMCell,
+        lowrank_penalty,
+        shrink_,
+        tt_conv2d,
+        tt_embedding_from,
+        tt_linear,
+    )
     from tetra_lightning.models import cifar_resnet18
-    from tetra_lightning.nas import NASBench201Objective
+    from tetra_lightning.nas import (
+        NASBench201Objective,
+        NATSBenchObjective,
+        NATSLightningModule,
+        NATSSizeSpace,
+        NATSTopologySpace,
+        build_nats_network,
+    )
     from tetra_lightning.optim import (
         Categorical,
         Float,
@@ -130,6 +178,8 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         maximize,
         minimize,
     )
+    from tetra_lightning.prune import prune_, restore_pruned_structure
+    from tetra_lightning.quantize import export_model, quantize_
     from tetra_lightning.report import (
         ModelReport,
         compare,

@@ -3,5 +3,8 @@
 from __future__ import annotations
 
 from tetra_lightning.callbacks.compression import TensorCompressionCallback
+from tetra_lightning.callbacks.lowrank import LowRankCallback
+from tetra_lightning.callbacks.pruning import PruningCallback
+from tetra_lightning.callbacks.quantization import QuantizationCallback
 
-__all__ = ["TensorCompressionCallback"]
+__all__ = ["LowRankCallback", "PruningCallback", "QuantizationCallback", "TensorCompressionCallback"]
