@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules tests tetra_lightning
 
 demo: $(STAMP)
 	$(PY) -m tetra_lightning.demo
