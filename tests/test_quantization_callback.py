@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -7,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tests.helpers.boring import BoringConvModule, make_dataset
@@ -75,13 +77,19 @@ def test_qat_trains_with_fake_quant_then_converts(tmp_path: Path) -> None:
     assert torch.equal(torch.export.load(path).module()(x), callback.quantized_model(x))
 
 
-def test_fp16_mode(tmp_path: Path) -> None:
+def test_fp16_mode_and_sizes_reach_the_loggers(tmp_path: Path) -> None:
     callback = QuantizationCallback(mode="fp16")
     module = BoringConvModule()
-    _trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(module)
+    logger = CSVLogger(tmp_path, name="q")
+    _trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=logger).fit(module)
     assert callback.quantized_model.head.weight.dtype == torch.float16
     assert module.net.head.weight.dtype == torch.float32
     assert callback.summary["bytes_before"] == 2 * callback.summary["bytes_after"]
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    logged = {key: float(value) for row in rows for key, value in row.items() if key.startswith("quantization/") and value}
+    assert logged["quantization/bytes_before"] == callback.summary["bytes_before"]
+    assert logged["quantization/bytes_after"] == callback.summary["bytes_after"]
+    assert logged["quantization/bytes_ratio"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(

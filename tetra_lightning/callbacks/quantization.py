@@ -36,7 +36,9 @@ class QuantizationCallback(Callback):
 
     The result is :attr:`quantized_model` (rank zero), saved with :meth:`export` as a ``torch.export`` program
     (reload with ``torch.export.load(path).module()``), or automatically when ``export_path`` is given.
-    Sizes before and after (``bytes_before``, ``bytes_after``) are kept in :attr:`summary`.
+    Sizes before and after (``bytes_before``, ``bytes_after``) are kept in :attr:`summary` and written to the
+    Trainer's loggers as ``quantization/bytes_before``, ``quantization/bytes_after`` and
+    ``quantization/bytes_ratio`` at the end of ``fit``.
 
     Args:
         mode: ``"int8"``, ``"int8_weight_only"``, ``"fp16"`` or ``"bf16"``.
@@ -196,7 +198,17 @@ class QuantizationCallback(Callback):
         pl_module.train(was_training)
         self.quantized_model = quantized
         bytes_before = count_bytes(network)[0]
-        self.summary = {"bytes_before": bytes_before, "bytes_after": count_bytes(quantized)[0]}
+        bytes_after = count_bytes(quantized)[0]
+        self.summary = {"bytes_before": bytes_before, "bytes_after": bytes_after}
+        # `pl_module.log` is not allowed in on_fit_end: write straight to the loggers (rank zero only, see above).
+        metrics = {
+            "quantization/bytes_before": float(bytes_before),
+            "quantization/bytes_after": float(bytes_after),
+            "quantization/bytes_ratio": bytes_before / max(bytes_after, 1),
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
         if self.export_path is not None:
             self.export(self.export_path)
 
