@@ -73,6 +73,10 @@ def test_iterative_pruning_shrinks_the_model_and_rebuilds_the_optimizer(tmp_path
     assert [e["stage"] for e in callback.history] == [0, 1]
     assert callback.summary["params_after"] == count_parameters(model)
     assert float(trainer.callback_metrics["pruning/params_ratio"]) == pytest.approx(dense / probe.params[2])
+    # the per-layer table: the stem lost the same output channels the model shows, over both stages
+    stem_rows = [row for row in callback.layer_table if row["name"] == "net.stem"]
+    assert [row["stage"] for row in stem_rows] == [0, 1]
+    assert sum(row["out_removed"] for row in stem_rows) == 16 - model.net.stem.out_channels
 
 
 def test_target_params_ratio(tmp_path: Path) -> None:

@@ -146,6 +146,7 @@ class PruningCallback(Callback):
 
         self.history: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
+        self.layer_table: list[dict[str, Any]] = []
         self.stages_done = 0
         self._dense: dict[str, int] = {}
         self._batch_example: Any = None
@@ -347,6 +348,18 @@ class PruningCallback(Callback):
         self.stages_done = stage + 1
         for key, value in self.summary.items():
             pl_module.log(f"pruning/{key}", float(value), on_step=False, on_epoch=True, rank_zero_only=True)
+        rows = _layer_rows(payload["entries"], stage)
+        self.layer_table.extend(rows)
+        if trainer.is_global_zero and rows:
+            for logger in trainer.loggers:
+                log_table = getattr(logger, "log_table", None)
+                if callable(log_table):
+                    log_table(
+                        key="pruning/layers",
+                        columns=list(_TABLE_COLUMNS),
+                        data=[[row[column] for column in _TABLE_COLUMNS] for row in rows],
+                        step=trainer.global_step,
+                    )
         if self.verbose:
             rank_zero_info("PruningCallback: " + _format_summary(self.summary))
 
@@ -359,6 +372,22 @@ class PruningCallback(Callback):
                 if key in self._dense and after[key] > 0:
                     summary[f"{key}_ratio"] = self._dense[key] / after[key]
         return summary
+
+
+_TABLE_COLUMNS = ("stage", "name", "out_removed", "in_removed")
+
+
+def _layer_rows(entries: list[dict[str, Any]], stage: int) -> list[dict[str, Any]]:
+    """One row per pruned layer: how many output and input channels (or features) the stage removed."""
+    removed: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        for name, direction, indices in entry.get("ops", []):
+            counts = removed.setdefault(name, {"out": 0, "in": 0})
+            counts["out" if direction == "out" else "in"] += len(indices)
+    return [
+        {"stage": stage, "name": name, "out_removed": counts["out"], "in_removed": counts["in"]}
+        for name, counts in removed.items()
+    ]
 
 
 def _format_summary(summary: dict[str, Any]) -> str:
