@@ -15,19 +15,40 @@ and a markdown table is printed.
 
 Usage (from the repository root, with the package importable, e.g. ``PYTHONPATH=.``)::
 
-    # smoke test on the CPU: 5000-image subset, 3 epochs of 2 batches, 200 test images
+    # CPU protocol: quarter-width ResNet-18 (0.70M params, 35 MMACs/image; --width 0.25) on the 5000-image subset,
+    # 10 epochs (rewrite at the start of epoch 3, so 7 epochs of fine-tuning), batch 128, all 1000 test images,
+    # 2 torch threads; the compressed and tltorch runs resume from the dense run's state at epoch 3
+    # (--reuse-dense: the first epochs are identical, so they are trained once).
     python benchmarks/resnet18_cifar10.py --quick
-    # full protocol on one GPU, split in two commands of under 10 minutes each
-    python benchmarks/resnet18_cifar10.py --data data/cifar10_jpeg_packed.npz --runs dense,c4.5,c15 \
-        --epochs 24 --start-epoch 8 --budget-s 530 --out-dir $OUT
-    python benchmarks/resnet18_cifar10.py --data data/cifar10_jpeg_packed.npz --runs tltorch_tucker,tltorch_cp \
-        --epochs 24 --start-epoch 8 --budget-s 530 --out-dir $OUT --append benchmarks/results/resnet18_cifar10.json
+    # other allocation strategies, resuming from the same dense state
+    python benchmarks/resnet18_cifar10.py --quick --runs c4.5,c15 --allocation capped --out-dir /tmp/capped
 
-Time budget on an H100 (bf16-mixed, channels_last, data resident on the GPU, batch 512): decoding the packed file
-takes a few seconds; one epoch of ResNet-18 on 50k images should take ~3-5 s, so a 24-epoch run with its final
-test and latency measurements takes ~2 minutes plus the rewrite (decomposition) time. ``--budget-s`` skips a run
-that would not finish inside the budget (estimated from the previous run), and the JSON is rewritten after every
-run, so a command killed at its time limit still leaves the finished runs behind.
+GPU protocol for the next session (two device commands of at most ~8 minutes each; every run trains 24 epochs,
+rewrite at epoch 8; ``dense`` must come first in the first command, it saves the epoch-8 state the others resume
+from, in ``.cache/dense`` so that the second command finds it while the machine is still warm; without it the
+baselines simply train their first 8 epochs again, still inside the budget). Only the checkout travels to the
+device machine: copy the packed file into the git-ignored ``data/`` folder first and name ``data`` (and the
+``.whl`` folder with the tensorly, tensorly-torch and torch-pruning wheels the machine lacks) in ``carry``::
+
+    PYTHONPATH=. python benchmarks/resnet18_cifar10.py --data data/cifar10_jpeg_packed.npz \
+        --runs dense,c4.5,c15 --epochs 24 --start-epoch 8 --reuse-dense --dense-cache .cache/dense \
+        --budget-s 450 --out-dir $OUT
+    PYTHONPATH=. python benchmarks/resnet18_cifar10.py --data data/cifar10_jpeg_packed.npz \
+        --runs tltorch_tucker,tltorch_cp --epochs 24 --start-epoch 8 --reuse-dense --dense-cache .cache/dense \
+        --budget-s 450 --out-dir $OUT --append benchmarks/results/resnet18_cifar10.json
+
+(then copy ``$OUT/resnet18_cifar10.json`` to ``benchmarks/results/``; the second command reads the ratios the first
+reached from the ``--append`` file, so copy the first one's JSON there before running it).
+
+Time budget on an H100 (bf16-mixed, channels_last, data resident on the GPU, batch 512), an estimate, not a
+measurement: one epoch is 50k x 0.56 GMACs x 3 (forward + backward) ~ 167 TFLOP, a fraction of a second of
+tensor-core peak, in practice ~3-5 s/epoch (small 4x4..32x32 maps, kernel launches). On the 2-core development CPU
+the quarter-width model (16x fewer MACs, 10x fewer images, so ~1/160 of the work) took 15-20 s/epoch with 2 threads
+when the machine was otherwise idle (up to 150 s when shared), i.e. a ~3 minute dense --quick run. First command: ~10 s decode + 24 dense
+epochs + 2 x 16 fine-tuning epochs = 56 epochs (~225 s at 4 s) + two rewrites (``method="auto"`` fits CP per layer;
+~100-150 s each on the CPU for the full-width model, less on the GPU) + final tests and latencies (~10 s per run):
+~6-7 minutes. ``--budget-s`` skips a run that would not finish inside the budget (estimated from the previous run),
+and the JSON is rewritten after every run, so a command killed at its time limit still leaves the finished runs.
 """
 
 from __future__ import annotations
@@ -56,6 +77,7 @@ from tetra_lightning.data import CIFAR10Arrays, CIFAR10DataModule, InMemoryBatch
 from tetra_lightning.report import count_parameters, measure_latency, model_report
 
 REPO = Path(__file__).resolve().parents[1]
+QUICK_EPOCHS, QUICK_START = 10, 3
 RUN_PATTERN = re.compile(r"^(dense|c(?P<c>\d+(?:\.\d+)?)|tltorch_(?P<fact>tucker|cp)(?P<t>\d+(?:\.\d+)?)?)$")
 
 
@@ -80,11 +102,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="ratio of tltorch runs without a number; the achieved ratio of the run "
                            "c<baseline-ratio> is used instead when it is in the results")
     runs.add_argument("--method", type=str, default="auto", help="TensorCompressionCallback method")
+    runs.add_argument("--allocation", choices=("greedy", "capped", "fisher", "fisher_capped"), default="greedy",
+                      help="TensorCompressionCallback rank allocation strategy")
+    runs.add_argument("--max-rel-error", type=float, default=0.8, help="error cap of the capped allocations")
+    runs.add_argument("--min-rank", type=int, default=8, help="minimum rank of the capped allocations")
     runs.add_argument("--steps", type=int, default=1, help="compression stages of the callback")
     runs.add_argument("--epochs-between-steps", type=int, default=1)
     runs.add_argument("--tltorch-iters", type=int, default=100,
                       help="n_iter_max of tensorly's tucker/parafac in the baseline")
     train = parser.add_argument_group("training")
+    train.add_argument("--width", type=float, default=1.0,
+                       help="channel multiplier of the ResNet-18 (1: the 11.17M-parameter model; 0.25: 16/32/64/128)")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     train.add_argument("--epochs", type=int, default=24)
     train.add_argument("--start-epoch", type=int, default=None, help="rewrite epoch (default: epochs // 3)")
     train.add_argument("--batch-size", type=int, default=512)
@@ -102,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--compile", action="store_true", help="torch.compile the network")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
+    train.add_argument("--reuse-dense", action=argparse.BooleanOptionalAction, default=None,
+                       help="the dense run saves its state at --start-epoch (and the squared gradients of the epoch "
+                            "before, for the fisher allocations); the other runs resume from it instead of "
+                            "re-training the identical first epochs (default: on with --quick)")
+    train.add_argument("--dense-cache", type=str, default=None,
+                       help="folder of the --reuse-dense snapshots (default: <tmp>/tetra_resnet18_cifar10)")
     measure = parser.add_argument_group("measurement")
     measure.add_argument("--latency-repeats", type=int, default=20, help="timed passes per GPU latency")
     measure.add_argument("--cpu-latency-repeats", type=int, default=10, help="timed passes per CPU latency")
@@ -119,18 +154,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="keep the runs of an earlier results file (default: the output file); re-run ones "
                           "are replaced, and tltorch runs match the ratios that c<ratio> runs reached there")
     out.add_argument("--quick", action="store_true",
-                     help="CPU smoke test on the 5000-image subset with a tiny budget")
+                     help="CPU protocol: quarter-width ResNet-18 on the 5000-image subset, all 1000 test images")
     args = parser.parse_args(argv)
 
     if args.quick:
         args.cpu = True
-        quick_defaults = {"epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.5, "cpu_latency_threads": 1,
-                          "limit_train_batches": 2, "val_every": 0, "tltorch_iters": 1,
-                          "latency_repeats": 3, "cpu_latency_repeats": 3, "cpu_latency_batches": "1,8",
-                          "limit_test_images": 200}
+        quick_defaults = {"width": 0.25, "threads": 2, "epochs": QUICK_EPOCHS, "start_epoch": QUICK_START,
+                          "batch_size": 128, "lr": 0.2, "warmup_epochs": 0.5, "cpu_latency_threads": 1,
+                          "val_every": 0, "tltorch_iters": 10,
+                          "latency_repeats": 3, "cpu_latency_repeats": 3, "cpu_latency_batches": "1,8"}
         for key, value in quick_defaults.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
+    if args.reuse_dense is None:
+        args.reuse_dense = args.quick
     if args.start_epoch is None:
         args.start_epoch = max(1, args.epochs // 3)
     if not 0 < args.start_epoch < args.epochs:
@@ -332,6 +369,52 @@ class ChannelsLast(Callback):
         pl_module.to(memory_format=torch.channels_last)
 
 
+def dense_snapshot_path(args: argparse.Namespace, arrays: CIFAR10Arrays, cuda: bool) -> Path:
+    """Where the dense state at ``--start-epoch`` lives, keyed by everything that shapes the first epochs."""
+    import hashlib
+    import tempfile
+
+    keys = ("width", "seed", "epochs", "start_epoch", "batch_size", "lr", "warmup_epochs", "schedule", "momentum",
+            "weight_decay", "label_smoothing", "limit_train_batches", "channels_last", "compile")
+    state = {key: getattr(args, key) for key in keys}
+    state.update(source=str(arrays.source), train=int(arrays.x_train.shape[0]), cuda=cuda)
+    digest = hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(args.dense_cache) if args.dense_cache else Path(tempfile.gettempdir()) / "tetra_resnet18_cifar10"
+    return folder / f"dense_e{args.start_epoch}_{digest}.ckpt"
+
+
+class DenseSnapshot(Callback):
+    """``--reuse-dense``: saves the dense run at the end of epoch ``start_epoch - 1`` (a Lightning checkpoint the
+    other runs resume from) and the squared gradients of that epoch's steps (what ``allocation="fisher"`` of the
+    callback would have accumulated itself)."""
+
+    def __init__(self, start_epoch: int, path: Path) -> None:
+        self.start_epoch = start_epoch
+        self.path = path
+        self.grad_sq: dict[str, torch.Tensor] = {}
+        self.batches = 0
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 != self.start_epoch:
+            return
+        from tetra_lightning.decompose.allocation import compressible_layers
+
+        with torch.no_grad():
+            for name, layer in compressible_layers(pl_module, None, 1024)[0].items():
+                total = sum(p.grad.detach().float().pow(2).sum() for p in layer.parameters() if p.grad is not None)
+                self.grad_sq[name] = self.grad_sq.get(name, 0) + total
+        self.batches += 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 != self.start_epoch:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.path)
+        torch.save({"grad_sq": {k: float(v) for k, v in self.grad_sq.items()}, "batches": self.batches},
+                   self.path.with_suffix(".grad.pt"))
+        print(f"[dense] saved the state at epoch {self.start_epoch} to {self.path}", flush=True)
+
+
 class TltorchFactorize(Callback):
     """Baseline: replace every conv but the stem by a tensorly-torch ``FactorizedConv`` at ``start_epoch``.
 
@@ -487,7 +570,7 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
     pl.seed_everything(args.seed, verbose=False)
-    net = cifar_resnet18(num_classes=10)
+    net = cifar_resnet18(num_classes=10, width=args.width)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     datamodule = CIFAR10DataModule(arrays, batch_size=args.batch_size, eval_batch_size=1024,
@@ -499,20 +582,29 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
 
     recorder = EpochRecorder(spec.name, args.epochs, sync=cuda)
     structural: list[Callback] = []
+    snapshot = dense_snapshot_path(args, arrays, cuda) if args.reuse_dense else None
+    resume = snapshot if snapshot is not None and spec.kind != "dense" and snapshot.is_file() else None
     if spec.kind == "tetra":
         from tetra_lightning.callbacks.compression import TensorCompressionCallback
 
         structural.append(TensorCompressionCallback(
             method=args.method, target_ratio=spec.ratio, start_epoch=args.start_epoch, steps=args.steps,
-            epochs_between_steps=args.epochs_between_steps, verbose=False,
+            epochs_between_steps=args.epochs_between_steps, verbose=False, allocation=args.allocation,
+            max_rel_error=args.max_rel_error, min_rank=args.min_rank,
             example_input=torch.randn(1, 3, 32, 32),
         ))
+        if resume is not None and args.allocation.startswith("fisher"):
+            grads = torch.load(resume.with_suffix(".grad.pt"), weights_only=True)
+            structural[0]._grad_sq = {k: torch.tensor(v) for k, v in grads["grad_sq"].items()}
+            structural[0]._grad_batches = grads["batches"]
     elif spec.kind == "tltorch":
         structural.append(TltorchFactorize(spec.factorization, spec.ratio, args.start_epoch, args.tltorch_iters))
     callbacks = [recorder.start, *structural]
     if args.channels_last:
         callbacks.append(ChannelsLast())
     callbacks.append(recorder.after_rewrite)
+    if snapshot is not None and spec.kind == "dense":
+        callbacks.append(DenseSnapshot(args.start_epoch, snapshot))
 
     validate = args.val_every > 0
     trainer = pl.Trainer(
@@ -523,7 +615,9 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
         check_val_every_n_epoch=max(1, args.val_every), callbacks=callbacks,
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    if resume is not None:
+        print(f"[{spec.name}] resuming from the dense state at epoch {args.start_epoch}: {resume}", flush=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_s = time.perf_counter() - start
     test_acc, test_images = evaluate(module.net, datamodule, device, args.limit_test_images)
     print(f"[{spec.name}] test accuracy {test_acc:.4f} after {fit_s:.1f}s of training", flush=True)
@@ -545,7 +639,8 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
     result["epoch_time_after_s"] = round(statistics.median(after), 3) if after else None
     result["first_epoch_s"] = rows[0]["train_s"] if rows else None
     result["rewrite_epoch"] = rewrite
-    result["rewrite_s"] = rows[args.start_epoch]["surgery_s"] if rewrite is not None and len(rows) > args.start_epoch else None
+    result["rewrite_s"] = next((r["surgery_s"] for r in rows if r["epoch"] == rewrite), None)
+    result["resumed_from_dense"] = str(resume) if resume is not None else None
     result["epochs"] = rows
     if spec.kind == "tetra":
         callback = structural[0]
@@ -616,6 +711,8 @@ def environment(cuda: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.cpu
     if cuda:
@@ -648,11 +745,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     })
     from tetra_lightning.models import cifar_resnet18
 
-    reference = cifar_resnet18(num_classes=10)
+    reference = cifar_resnet18(num_classes=10, width=args.width)
     ref_report = model_report(reference, torch.randn(1, 3, 32, 32), latency=False, print_table=False)
     dense_ref = {"params": ref_report.params, "bytes": ref_report.bytes, "macs_per_image": ref_report.macs}
     results["dense_reference"] = dense_ref
-    print(f"dense ResNet-18: {dense_ref['params']:,} params, {dense_ref['macs_per_image'] / 1e6:.1f} MMACs/image",
+    print(f"dense ResNet-18 (width {args.width:g}): {dense_ref['params']:,} params, {dense_ref['macs_per_image'] / 1e6:.1f} MMACs/image",
           flush=True)
 
     last_run_s: float | None = None
@@ -674,6 +771,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["runs"][name] = {"status": "failed", "error": f"{type(err).__name__}: {err}",
                                      "traceback": traceback.format_exc()}
         last_run_s = time.perf_counter() - t_run
+        run = results["runs"][name]
+        dense_run = results["runs"].get("dense", {})
+        if run.get("resumed_from_dense") and run.get("epoch_time_before_s") is None:
+            run["epoch_time_before_s"] = dense_run.get("epoch_time_before_s")  # the epochs it shares with dense
         results["runs"][name]["run_s"] = round(last_run_s, 1)
         results["total_s"] = round(time.perf_counter() - t_start, 1)
         save(results, out_path)

@@ -425,6 +425,9 @@ def test_ddp_spawn_ranks_end_identical(tmp_path: Path) -> None:
         ({"ratio_metric": "flops"}, ValueError, r"`ratio_metric` must be one of 'params', 'bytes'"),
         ({"auto_methods": ("svd", "qr")}, ValueError, r"`auto_methods` must be a non-empty subset"),
         ({"filter_fn": "conv"}, TypeError, r"`filter_fn` must be callable"),
+        ({"allocation": "uniform"}, ValueError, r"`allocation` must be one of 'greedy', 'capped'"),
+        ({"max_rel_error": 0.0}, ValueError, r"`max_rel_error` must be a number in \(0, 1\]"),
+        ({"min_rank": 0}, ValueError, r"`min_rank` must be an int >= 1, got 0"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -474,3 +477,37 @@ def test_ratio_metric_bytes(tmp_path: Path) -> None:
     assert callback.summary["bytes_dense"] == dense_bytes
     assert callback.summary["ratio"] == pytest.approx(dense_bytes / after)
     assert 2.0 <= dense_bytes / after <= 2.2
+
+
+# --------------------------------------------------------------------------------------------------------
+# allocation strategies through the callback
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("allocation", ["greedy", "capped", "fisher", "fisher_capped"])
+def test_allocation_strategies_reach_the_ratio(tmp_path: Path, allocation: str) -> None:
+    torch.manual_seed(0)
+    callback = TensorCompressionCallback(
+        method="svd",
+        target_ratio=3.0,
+        start_epoch=1,
+        allocation=allocation,
+        max_rel_error=0.9,
+        min_rank=2,
+        verbose=False,
+    )
+    _trainer(tmp_path, [callback], max_epochs=2).fit(BoringConvModule())
+    assert 3.0 <= callback.summary["ratio"] <= 3.3
+    assert callback.summary["allocation"] == allocation  # "fisher*" found the gradients of epoch 0
+    if allocation.endswith("capped"):
+        cap = callback.summary["cap_max_rel_error"]
+        assert all(row["rel_error"] <= cap + 1e-3 for row in callback.layer_table)
+    assert callback._grad_sq == {} and callback._grad_batches == 0  # consumed by the stage
+
+
+def test_fisher_without_gradients_falls_back_with_a_warning(tmp_path: Path) -> None:
+    callback = TensorCompressionCallback(method="svd", target_ratio=2.0, start_epoch=0, allocation="fisher")
+    with pytest.warns(UserWarning, match="no training gradients were seen"):
+        _trainer(tmp_path, [callback], max_epochs=1).fit(BoringConvModule())
+    assert callback.summary["allocation"] == "greedy"
+    assert 2.0 <= callback.summary["ratio"] <= 2.2

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from tetra_lightning.decompose.allocation import (
     allocate_ranks,
     choose_method,
     compressible_layers,
+    fisher_weights,
     layer_error_curve,
 )
 
@@ -191,3 +193,93 @@ def test_bad_arguments() -> None:
         allocate_ranks(MixedNet(), 1000, "svd", metric="flops")
     with pytest.raises(ValueError, match="`method` must be one of"):
         allocate_ranks(MixedNet(), 1000, "qr")
+    with pytest.raises(ValueError, match="`allocation` must be one of"):
+        allocate_ranks(MixedNet(), 1000, "svd", allocation="uniform")
+    with pytest.raises(ValueError, match=r"`max_rel_error` must be in \(0, 1\]"):
+        allocate_ranks(MixedNet(), 1000, "svd", max_rel_error=1.5)
+    with pytest.raises(ValueError, match="`min_rank` must be an int >= 1"):
+        allocate_ranks(MixedNet(), 1000, "svd", min_rank=0)
+    with pytest.raises(ValueError, match="needs `sensitivity`"):
+        allocate_ranks(MixedNet(), 1000, "svd", allocation="fisher")
+
+
+# --------------------------------------------------------------------------------------------------------
+# allocation strategies
+# --------------------------------------------------------------------------------------------------------
+
+
+class WideNet(nn.Module):
+    """One small and two large full-rank convs: equal-weight greedy crushes the large ones first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.small = nn.Conv2d(32, 32, 3, padding=1)
+        self.big1 = nn.Conv2d(32, 96, 3, padding=1)
+        self.big2 = nn.Conv2d(96, 96, 3, padding=1)
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.big2(self.big1(self.small(self.stem(x)))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("allocation", ["greedy", "capped", "fisher", "fisher_capped"])
+@pytest.mark.parametrize("ratio", [2.0, 4.5])
+def test_every_strategy_meets_the_ratio_and_is_deterministic(allocation: str, ratio: float) -> None:
+    model = WideNet()
+    dense = _count(model)
+    sensitivity = {"small": 2.0, "big1": 1.0, "big2": 0.5} if allocation.startswith("fisher") else None
+    plan = allocate_ranks(model, dense / ratio, "svd", allocation=allocation, sensitivity=sensitivity)
+    again = allocate_ranks(WideNet(), dense / ratio, "svd", allocation=allocation, sensitivity=sensitivity)
+    assert plan.reachable and plan.allocation == allocation
+    assert ratio <= dense / plan.total_planned <= 1.1 * ratio
+    assert plan.choices == again.choices
+    configs = {n: SVDConfig(rank=o.ranks[0]) for n, o in plan.choices.items()}
+    compress_(model, configs)
+    assert ratio <= dense / _count(model) <= 1.1 * ratio
+
+
+def test_capped_respects_the_error_cap_and_minimum_rank() -> None:
+    model = WideNet()
+    dense = _count(model)
+    greedy = allocate_ranks(model, dense / 2, "svd", allocation="greedy")
+    capped = allocate_ranks(model, dense / 2, "svd", allocation="capped", max_rel_error=0.8, min_rank=8)
+    assert capped.caps == {"max_rel_error": 0.8, "min_rank": 8}  # reachable without relaxing
+    assert capped.reachable and 2 <= dense / capped.total_planned <= 2.2
+    for option in capped.choices.values():
+        assert math.sqrt(option.error) <= 0.8 + 1e-9
+        assert min(option.ranks) >= 8
+    # Without the cap, greedy takes at least one layer beyond it.
+    assert max(math.sqrt(o.error) for o in greedy.choices.values()) > 0.8
+
+
+def test_capped_relaxes_the_caps_only_as_far_as_the_target_needs() -> None:
+    model = WideNet()
+    dense = _count(model)
+    plan = allocate_ranks(model, dense / 12, "svd", allocation="capped", max_rel_error=0.5, min_rank=16)
+    assert plan.reachable and 12 <= dense / plan.total_planned <= 13.2
+    assert plan.caps["max_rel_error"] > 0.5 and plan.caps["min_rank"] < 16
+    for option in plan.choices.values():
+        assert math.sqrt(option.error) <= plan.caps["max_rel_error"] + 1e-9
+    impossible = allocate_ranks(model, 10, "svd", allocation="capped")
+    assert not impossible.reachable and math.isinf(impossible.caps["max_rel_error"])
+
+
+def test_fisher_weights_protect_the_sensitive_layer() -> None:
+    model = WideNet()
+    dense = _count(model)
+    layers, _ = compressible_layers(model, min_layer_params=1024)
+    assert fisher_weights({"big1": 8.0, "nope": 1.0}, layers, batches=2) == {
+        "big1": pytest.approx(4.0 / _count(model.big1) * float(model.big1.weight.detach().pow(2).sum()))
+    }
+    protect = {"small": 1.0, "big1": 1e6, "big2": 1.0}
+    neglect = {"small": 1.0, "big1": 1e-6, "big2": 1.0}
+    kept = allocate_ranks(model, dense / 3, "svd", allocation="fisher", sensitivity=protect)
+    crushed = allocate_ranks(model, dense / 3, "svd", allocation="fisher", sensitivity=neglect)
+
+    def big1_error(plan: Any) -> float:
+        option = plan.choices.get("big1")
+        return 0.0 if option is None else option.error
+
+    assert big1_error(kept) < big1_error(crushed)

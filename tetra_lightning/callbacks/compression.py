@@ -95,6 +95,14 @@ class TensorCompressionCallback(Callback):
         min_layer_params: layers with fewer parameters stay dense.
         error_weight: ``error_weight(fqn, module) -> float`` weighting each layer's relative error in the
             allocation (default: 1 for every layer).
+        allocation: rank allocation strategy of :func:`~tetra_lightning.decompose.allocation.allocate_ranks`:
+            ``"greedy"`` (default), ``"capped"`` (greedy within a per-layer relative error cap ``max_rel_error``
+            and minimum rank ``min_rank``, relaxed only as far as the target needs), ``"fisher"`` /
+            ``"fisher_capped"`` (errors weighted by a diagonal-Fisher loss estimate from the squared gradients of
+            the training steps of the epoch before each stage; equal weights, with a warning, when there were
+            none, e.g. when resuming exactly at a stage).
+        max_rel_error: error cap of the capped strategies (relative Frobenius error, in (0, 1]).
+        min_rank: minimum rank of the capped strategies.
         example_input: input used to count MACs; defaults to the module's ``example_input_array`` or the first
             training batch's inputs.
         verbose: print the per-layer table on rank zero after every rewrite.
@@ -145,9 +153,14 @@ class TensorCompressionCallback(Callback):
         auto_methods: Sequence[str] = ("svd", "tucker", "cp"),
         min_layer_params: int = 1024,
         error_weight: Callable[[str, nn.Module], float] | None = None,
+        allocation: str = "greedy",
+        max_rel_error: float = 0.8,
+        min_rank: int = 8,
         example_input: Any = None,
         verbose: bool = True,
     ) -> None:
+        from tetra_lightning.decompose.allocation import ALLOCATIONS
+
         if method not in _METHODS:
             raise ValueError(
                 f"`method` must be one of {', '.join(map(repr, _METHODS))}, got {method!r}. "
@@ -197,6 +210,19 @@ class TensorCompressionCallback(Callback):
             )
         if not _is_int(min_layer_params) or min_layer_params < 0:
             raise ValueError(f"`min_layer_params` must be an int >= 0, got {min_layer_params!r}.")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"`allocation` must be one of {', '.join(map(repr, ALLOCATIONS))}, got {allocation!r}. "
+                "Pass e.g. allocation='capped'."
+            )
+        if (
+            isinstance(max_rel_error, bool)
+            or not isinstance(max_rel_error, (int, float))
+            or not 0 < max_rel_error <= 1
+        ):
+            raise ValueError(f"`max_rel_error` must be a number in (0, 1], got {max_rel_error!r}.")
+        if not _is_int(min_rank) or min_rank < 1:
+            raise ValueError(f"`min_rank` must be an int >= 1, got {min_rank!r}.")
 
         self.method = method
         self.target_ratio = float(target_ratio)
@@ -209,6 +235,9 @@ class TensorCompressionCallback(Callback):
         self.auto_methods = tuple(auto_methods)
         self.min_layer_params = min_layer_params
         self.error_weight = error_weight
+        self.allocation = allocation
+        self.max_rel_error = float(max_rel_error)
+        self.min_rank = min_rank
         self.example_input = example_input
         self.verbose = verbose
 
@@ -219,6 +248,9 @@ class TensorCompressionCallback(Callback):
         self.recomposed = False
         self._dense: dict[str, int] = {}
         self._batch_example: Any = None
+        self._grad_sq: dict[str, torch.Tensor] = {}
+        self._grad_batches = 0
+        self._last_plan_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------------
     # schedule
@@ -256,6 +288,47 @@ class TensorCompressionCallback(Callback):
             inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
             if isinstance(inputs, torch.Tensor) and inputs.dim() > 0:
                 self._batch_example = inputs[:1].detach().clone()
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The "fisher" allocations: sum squared gradients of the candidate layers during the epoch before a stage.
+        if not self.allocation.startswith("fisher") or self.stages_done >= self.steps:
+            return
+        if trainer.current_epoch + 1 != self.stage_epochs[self.stages_done]:
+            return
+        from tetra_lightning.decompose.allocation import compressible_layers
+
+        layers, _ = compressible_layers(pl_module, self.filter_fn, self.min_layer_params)
+        with torch.no_grad():
+            for name, layer in layers.items():
+                grads = [p.grad for p in layer.parameters() if p.grad is not None]
+                if not grads:
+                    continue
+                total = sum(g.detach().float().pow(2).sum() for g in grads)
+                if name in self._grad_sq:
+                    self._grad_sq[name] += total
+                else:
+                    self._grad_sq[name] = total
+        self._grad_batches += 1
+
+    def _sensitivity(self, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        if not self.allocation.startswith("fisher"):
+            return None
+        from tetra_lightning.decompose.allocation import compressible_layers, fisher_weights
+
+        sums = {name: float(value) for name, value in self._grad_sq.items()}
+        batches = self._grad_batches
+        self._grad_sq, self._grad_batches = {}, 0
+        layers, _ = compressible_layers(pl_module, self.filter_fn, self.min_layer_params)
+        weights = {
+            k: v for k, v in fisher_weights(sums, layers, batches).items() if v > 0 and math.isfinite(v)
+        }
+        if not weights:
+            rank_zero_warn(
+                f"TensorCompressionCallback(allocation={self.allocation!r}): no training gradients were seen in the "
+                "epoch before this stage (resumed at the stage, or start_epoch=0); allocating with equal weights."
+            )
+            return None
+        return weights
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -413,6 +486,10 @@ class TensorCompressionCallback(Callback):
 
         dense_total = self._dense[self.ratio_metric]
         target_total = dense_total / self.stage_ratio(stage)
+        sensitivity = self._sensitivity(pl_module)
+        allocation = self.allocation
+        if sensitivity is None and allocation.startswith("fisher"):
+            allocation = "capped" if allocation == "fisher_capped" else "greedy"
         plan = allocate_ranks(
             pl_module,
             target_total,
@@ -421,7 +498,15 @@ class TensorCompressionCallback(Callback):
             min_layer_params=self.min_layer_params,
             metric=self.ratio_metric,
             error_weight=self.error_weight,
+            allocation=allocation,
+            max_rel_error=self.max_rel_error,
+            min_rank=self.min_rank,
+            sensitivity=sensitivity,
         )
+        self._last_plan_info = {
+            "allocation": plan.allocation,
+            **{f"cap_{k}": v for k, v in plan.caps.items()},
+        }
         modules = dict(pl_module.named_modules())
         configs: dict[str, Any] = {}
         auto_errors: dict[str, dict[str, float]] = {}
@@ -468,7 +553,7 @@ class TensorCompressionCallback(Callback):
             payload = {
                 "entries": entries,
                 "rows": rows,
-                "summary": self._summary(stage, before, after),
+                "summary": {**self._summary(stage, before, after), **self._last_plan_info},
                 "dense": dict(self._dense),
             }
         payload = broadcast_object(trainer, payload)

@@ -20,6 +20,19 @@ order).
 ``method="auto"`` allocates on the lower envelope of the SVD and Tucker-2 curves (both reliable), then, at each
 layer's parameter budget, fits every candidate method (:func:`choose_method`) and keeps the one with the lowest
 measured relative error.
+
+Allocation strategies (``allocation=``):
+
+* ``"greedy"`` (default): the walk above on every option of every layer. With equal weights it favours the largest layers
+  (they save the most parameters for a given relative error), which at high ratios leaves them at rank 1
+  (relative error ~1): the layer is gone and fine-tuning cannot bring its capacity back.
+* ``"capped"``: the same walk, restricted to options whose relative (Frobenius) error is at most
+  ``max_rel_error`` and whose smallest rank is at least ``min_rank`` (or the layer's largest available rank if
+  smaller). When the target cannot be met within the caps they are relaxed step by step (error cap towards 1,
+  minimum rank halved) until it can; :attr:`AllocationPlan.caps` records the caps used.
+* ``"fisher"`` / ``"fisher_capped"``: the errors are weighted by a measured sensitivity, the estimated loss increase
+  ``0.5 * mean(g^2) * ||W||^2 * rel_sq_error`` (diagonal empirical Fisher from training gradients, see
+  :func:`fisher_weights`), passed as ``sensitivity``; ``"fisher_capped"`` adds the caps.
 """
 
 from __future__ import annotations
@@ -40,8 +53,12 @@ __all__ = [
     "allocate_ranks",
     "choose_method",
     "compressible_layers",
+    "fisher_weights",
     "layer_error_curve",
 ]
+
+ALLOCATIONS = ("greedy", "capped", "fisher", "fisher_capped")
+
 
 FilterFn = Callable[[nn.Module, str], bool]
 ErrorWeightFn = Callable[[str, nn.Module], float]
@@ -95,6 +112,9 @@ class AllocationPlan:
         reachable: whether the target could be met.
         skipped: module name -> reason, for candidate layers that cannot be compressed.
         curves: the error curves, for inspection.
+        allocation: the allocation strategy used.
+        caps: ``{"max_rel_error": ..., "min_rank": ...}`` actually applied (``"capped"`` strategies, after any
+            relaxation), else empty.
     """
 
     choices: dict[str, RankOption]
@@ -104,6 +124,8 @@ class AllocationPlan:
     reachable: bool
     skipped: dict[str, str] = field(default_factory=dict)
     curves: dict[str, LayerCurve] = field(default_factory=dict)
+    allocation: str = "greedy"
+    caps: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -371,82 +393,36 @@ def _build_curve(
     return LayerCurve(name=name, params=params, weight=weight, options=[keep, *_pareto(options)])
 
 
-def allocate_ranks(
-    model: nn.Module,
+def _cap_schedule(max_rel_error: float, min_rank: int) -> list[tuple[float, int]]:
+    """The caps, then relaxed ones (error cap halfway to 1, minimum rank halved), ending without caps."""
+    steps = [(max_rel_error, min_rank)]
+    for k in range(1, 5):
+        steps.append((1.0 - (1.0 - max_rel_error) / 2**k, max(1, min_rank >> k)))
+    steps.append((math.inf, 1))
+    return steps
+
+
+def _capped_curve(curve: LayerCurve, max_rel_error: float, min_rank: int) -> LayerCurve:
+    """``curve`` without the options above the error cap or below the layer's minimum rank."""
+    factorized = curve.options[1:]
+    # "where the layer allows": a layer whose options all have smaller ranks gets its largest available one
+    floor = min(min_rank, max((min(o.ranks) for o in factorized), default=1))
+    max_sq = max_rel_error**2
+    allowed = [o for o in factorized if min(o.ranks) >= floor and o.error <= max_sq]
+    return LayerCurve(curve.name, curve.params, curve.weight, [curve.options[0], *allowed])
+
+
+def _greedy(
+    curves: Mapping[str, LayerCurve],
+    cost: Callable[[str, RankOption], float],
+    total_before: float,
     target_total: float,
-    method: str,
-    *,
-    filter_fn: FilterFn | None = None,
-    min_layer_params: int = 1024,
-    metric: str = "params",
-    error_weight: ErrorWeightFn | None = None,
-    layers: Mapping[str, nn.Module] | None = None,
-) -> AllocationPlan:
-    """Chooses ranks for every compressible layer so that the whole model meets ``target_total``.
-
-    Args:
-        model: the model; all its parameters (and buffers for ``metric="bytes"``) count in the total.
-        target_total: parameter count (or bytes) the whole model should have at most afterwards.
-        method: ``"svd"``, ``"tucker"``, ``"cp"``, ``"tt"``, or ``"auto"`` (allocate on the envelope of SVD and
-            Tucker-2; use :func:`choose_method` per layer afterwards).
-        filter_fn: ``filter_fn(module, fqn) -> bool`` selecting candidate layers.
-        min_layer_params: smaller layers are left dense.
-        metric: ``"params"`` or ``"bytes"`` (parameters weighted by their element size; buffers are fixed).
-        error_weight: ``error_weight(fqn, module) -> float`` multiplying each layer's relative squared error
-            (default 1: every layer's relative error counts the same).
-        layers: precomputed candidates (name -> module), overriding ``filter_fn`` / ``min_layer_params``.
-
-    Returns:
-        An :class:`AllocationPlan`; ``choices`` holds the layers to change.
-
-    Raises:
-        ValueError: for an unknown ``metric`` or ``method``.
-
-    Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
-        >>> net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
-        >>> total = sum(p.numel() for p in net.parameters())
-        >>> plan = allocate_ranks(net, total / 2, "svd")
-        >>> plan.reachable, plan.total_planned <= total / 2, total / plan.total_planned < 2.2
-        (True, True, True)
-    """
-    if metric not in ("params", "bytes"):
-        raise ValueError(f"`metric` must be 'params' or 'bytes', got {metric!r}.")
-    if method not in ("auto", "svd", "tucker", "cp", "tt"):
-        raise ValueError(f"`method` must be one of 'auto', 'svd', 'cp', 'tucker', 'tt', got {method!r}.")
-    skipped: dict[str, str] = {}
-    if layers is None:
-        layers, skipped = compressible_layers(model, filter_fn, min_layer_params)
-    methods = ("svd", "tucker") if method == "auto" else (method,)
-
-    def unit(layer: nn.Module) -> int:
-        if metric == "bytes":
-            return next(layer.parameters()).element_size()
-        return 1
-
-    if metric == "bytes":
-        total_before = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    else:
-        total_before = sum(p.numel() for p in model.parameters())
-
-    curves: dict[str, LayerCurve] = {}
-    for name, layer in layers.items():
-        weight = 1.0 if error_weight is None else float(error_weight(name, layer))
-        curve = _build_curve(name, layer, methods, weight)
-        if len(curve.options) < 2:
-            skipped[name] = f"no {'/'.join(methods)} factorization has fewer parameters than the layer"
-            continue
-        curves[name] = curve
-
+) -> tuple[dict[str, RankOption], float]:
+    """Greedy walk down the lower convex hulls; returns the chosen option per layer and the resulting total."""
     names = list(curves)
     hulls = {name: _lower_hull(curves[name].options) for name in names}
     position = dict.fromkeys(names, 0)  # index into the hull
     total = float(total_before)
-
-    def cost(name: str, option: RankOption) -> float:
-        return option.params * unit(layers[name])
-
     heap: list[tuple[float, int, str]] = []
 
     def push(order: int, name: str) -> None:
@@ -482,6 +458,166 @@ def allocate_ranks(
         best = min(fitting, key=lambda o: (o.error, -o.params))
         total = rest + cost(last_moved, best)
         chosen[last_moved] = best
+    return chosen, total
+
+
+def fisher_weights(
+    grad_sq_sums: Mapping[str, float],
+    layers: Mapping[str, nn.Module],
+    batches: int = 1,
+) -> dict[str, float]:
+    """Sensitivity weights of the ``"fisher"`` allocations from accumulated squared gradients.
+
+    A second-order Taylor expansion with the diagonal empirical Fisher ``F`` gives a loss increase of about
+    ``0.5 * sum_i F_i * dW_i^2``; with ``F`` replaced by its mean over the layer, ``mean(F) * ||W||^2 *
+    rel_sq_error``. The weight of a layer is therefore ``mean(g^2) * ||W||^2`` (the constant 0.5 and ``batches``
+    do not change the allocation, they only keep the numbers readable).
+
+    Args:
+        grad_sq_sums: layer name -> sum over batches and over the layer's parameters of squared gradients.
+        layers: layer name -> module (its dense weight gives ``||W||^2``, its parameters the element count).
+        batches: number of batches summed.
+
+    Returns:
+        Layer name -> weight, for the layers in both mappings.
+
+    Example:
+        >>> layer = nn.Linear(4, 4, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.fill_(0.5)
+        >>> fisher_weights({"fc": 1.6}, {"fc": layer}, batches=1)  # mean g^2 = 0.1, ||W||^2 = 4
+        {'fc': 0.4}
+    """
+    weights = {}
+    for name, total in grad_sq_sums.items():
+        layer = layers.get(name)
+        if layer is None:
+            continue
+        numel = sum(p.numel() for p in layer.parameters()) or 1
+        norm_sq = float(_dense_weight(layer).pow(2).sum())
+        weights[name] = round(float(total) / max(1, batches) / numel * norm_sq, 12)
+    return weights
+
+
+def allocate_ranks(
+    model: nn.Module,
+    target_total: float,
+    method: str,
+    *,
+    filter_fn: FilterFn | None = None,
+    min_layer_params: int = 1024,
+    metric: str = "params",
+    error_weight: ErrorWeightFn | None = None,
+    layers: Mapping[str, nn.Module] | None = None,
+    allocation: str = "greedy",
+    max_rel_error: float = 0.8,
+    min_rank: int = 8,
+    sensitivity: Mapping[str, float] | None = None,
+) -> AllocationPlan:
+    """Chooses ranks for every compressible layer so that the whole model meets ``target_total``.
+
+    Args:
+        model: the model; all its parameters (and buffers for ``metric="bytes"``) count in the total.
+        target_total: parameter count (or bytes) the whole model should have at most afterwards.
+        method: ``"svd"``, ``"tucker"``, ``"cp"``, ``"tt"``, or ``"auto"`` (allocate on the envelope of SVD and
+            Tucker-2; use :func:`choose_method` per layer afterwards).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` selecting candidate layers.
+        min_layer_params: smaller layers are left dense.
+        metric: ``"params"`` or ``"bytes"`` (parameters weighted by their element size; buffers are fixed).
+        error_weight: ``error_weight(fqn, module) -> float`` multiplying each layer's relative squared error
+            (default 1: every layer's relative error counts the same).
+        layers: precomputed candidates (name -> module), overriding ``filter_fn`` / ``min_layer_params``.
+        allocation: ``"greedy"`` (default), ``"capped"``, ``"fisher"`` or ``"fisher_capped"`` (see the module
+            docstring). On the quarter-width ResNet-18 --quick protocol of ``benchmarks/resnet18_cifar10.py``
+            (7 epochs of fine-tuning) the capped and Fisher-weighted variants did not fine-tune better than greedy.
+        max_rel_error: error cap of the capped strategies, on the relative Frobenius error (not squared), in
+            (0, 1].
+        min_rank: minimum rank of the capped strategies (every rank of a multi-rank option), >= 1.
+        sensitivity: layer name -> weight for the ``"fisher"`` strategies (e.g. from :func:`fisher_weights`);
+            layers missing from it get the median weight. Multiplies ``error_weight``.
+
+    Returns:
+        An :class:`AllocationPlan`; ``choices`` holds the layers to change.
+
+    Raises:
+        ValueError: for an unknown ``metric``, ``method`` or ``allocation``, bad caps, or a ``"fisher"`` strategy
+            without ``sensitivity``.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+        >>> total = sum(p.numel() for p in net.parameters())
+        >>> plan = allocate_ranks(net, total / 2, "svd")
+        >>> plan.reachable, plan.total_planned <= total / 2, total / plan.total_planned < 2.2
+        (True, True, True)
+        >>> capped = allocate_ranks(net, total / 2, "svd", allocation="capped", max_rel_error=0.9, min_rank=8)
+        >>> min(o.ranks[0] for o in capped.choices.values()) >= 8
+        True
+    """
+    if metric not in ("params", "bytes"):
+        raise ValueError(f"`metric` must be 'params' or 'bytes', got {metric!r}.")
+    if method not in ("auto", "svd", "tucker", "cp", "tt"):
+        raise ValueError(f"`method` must be one of 'auto', 'svd', 'cp', 'tucker', 'tt', got {method!r}.")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"`allocation` must be one of {', '.join(map(repr, ALLOCATIONS))}, got {allocation!r}."
+        )
+    if not 0 < max_rel_error <= 1:
+        raise ValueError(f"`max_rel_error` must be in (0, 1], got {max_rel_error!r}.")
+    if isinstance(min_rank, bool) or not isinstance(min_rank, int) or min_rank < 1:
+        raise ValueError(f"`min_rank` must be an int >= 1, got {min_rank!r}.")
+    if allocation.startswith("fisher") and not sensitivity:
+        raise ValueError(
+            f"allocation={allocation!r} needs `sensitivity` (layer name -> weight, see `fisher_weights`)."
+        )
+    skipped: dict[str, str] = {}
+    if layers is None:
+        layers, skipped = compressible_layers(model, filter_fn, min_layer_params)
+    methods = ("svd", "tucker") if method == "auto" else (method,)
+
+    def unit(layer: nn.Module) -> int:
+        if metric == "bytes":
+            return next(layer.parameters()).element_size()
+        return 1
+
+    if metric == "bytes":
+        total_before = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    else:
+        total_before = sum(p.numel() for p in model.parameters())
+
+    median = 1.0
+    if sensitivity and allocation.startswith("fisher"):
+        values = sorted(float(v) for v in sensitivity.values())
+        median = values[len(values) // 2]
+    curves: dict[str, LayerCurve] = {}
+    for name, layer in layers.items():
+        weight = 1.0 if error_weight is None else float(error_weight(name, layer))
+        if allocation.startswith("fisher"):
+            assert sensitivity is not None
+            weight *= float(sensitivity.get(name, median))
+        curve = _build_curve(name, layer, methods, weight)
+        if len(curve.options) < 2:
+            skipped[name] = f"no {'/'.join(methods)} factorization has fewer parameters than the layer"
+            continue
+        curves[name] = curve
+
+    def cost(name: str, option: RankOption) -> float:
+        return option.params * unit(layers[name])
+
+    caps: dict[str, float] = {}
+    if allocation in ("capped", "fisher_capped"):
+        for cap_error, cap_rank in _cap_schedule(max_rel_error, min_rank):
+            capped = {name: _capped_curve(curve, cap_error, cap_rank) for name, curve in curves.items()}
+            smallest = total_before - sum(
+                cost(name, c.options[0]) - min(cost(name, o) for o in c.options) for name, c in capped.items()
+            )
+            if smallest <= target_total or math.isinf(cap_error):
+                break
+        chosen, total = _greedy(capped, cost, total_before, target_total)
+        caps = {"max_rel_error": cap_error, "min_rank": cap_rank}
+    else:
+        chosen, total = _greedy(curves, cost, total_before, target_total)
 
     choices = {name: option for name, option in chosen.items() if option.method != "keep"}
     return AllocationPlan(
@@ -492,6 +628,8 @@ def allocate_ranks(
         reachable=total <= target_total,
         skipped=skipped,
         curves=curves,
+        allocation=allocation,
+        caps=caps,
     )
 
 
