@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -21,7 +22,7 @@ def _padding(value: Any) -> tuple[int, int] | str:
     return value if isinstance(value, str) else _pair(value)
 
 
-class FactorizedLayer(nn.Module):
+class FactorizedLayer(nn.Module, ABC):
     """A dense ``nn.Linear`` / ``nn.Conv2d`` replaced by a sequence of small layers.
 
     Subclasses hold plain ``nn.Linear`` / ``nn.Conv2d`` submodules (TT layers: ``nn.Parameter`` cores) and
@@ -56,25 +57,25 @@ class FactorizedLayer(nn.Module):
 
     # -- interface implemented by subclasses ---------------------------------------------------------
     @property
+    @abstractmethod
     def ranks(self) -> tuple[int, ...]:
         """The ranks of the factorization (order documented by each subclass)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _spec_kwargs(self) -> dict[str, Any]:
         """Constructor keyword arguments (JSON-safe) that rebuild this layer's structure."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dense_weight(self) -> Tensor:
         """The equivalent dense weight (``(out, in)`` or ``(C_out, C_in, kh, kw)``), rebuilt from the factors."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dense_bias(self) -> Tensor | None:
         """The bias of the layer (``None`` when it has none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_dense(self) -> nn.Linear | nn.Conv2d:
         """A dense ``nn.Linear`` / ``nn.Conv2d`` computing the same function (same device, dtype and bias)."""
-        raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ QTT/TTOpt) so the TT models see a longer chain of smaller modes.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 __all__ = ["Categorical", "Dimension", "Float", "Int", "SearchSpace", "as_space"]
 
 
-class Dimension:
+class Dimension(ABC):
     """Base class of a finite grid dimension: ``grid`` holds the values, ``size`` their number."""
 
     grid: tuple[Any, ...]
@@ -31,13 +32,13 @@ class Dimension:
         """The grid value at ``index``."""
         return self.grid[int(index)]
 
-    def index(self, value: Any) -> int:  # pragma: no cover - overridden
+    @abstractmethod
+    def index(self, value: Any) -> int:
         """The grid index of ``value``."""
-        raise NotImplementedError
 
-    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe description."""
-        raise NotImplementedError
 
 
 class Categorical(Dimension):
