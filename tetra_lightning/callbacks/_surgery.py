@@ -30,9 +30,13 @@ __all__ = [
     "OptimizerRebuild",
     "broadcast_module_state",
     "broadcast_object",
+    "first_input",
+    "install_restore_hook",
     "is_distributed",
     "optimizer_parameters",
     "rebuild_optimizers",
+    "remove_restore_hook",
+    "replay_from_trainer_ckpt",
     "rewrap_ddp",
 ]
 
@@ -265,3 +269,54 @@ def rewrap_ddp(trainer: pl.Trainer) -> bool:
     if callable(register_hooks):
         register_hooks()
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# structure restore on resume (shared by every structural callback)
+# ----------------------------------------------------------------------------------------------------------
+def install_restore_hook(pl_module: pl.LightningModule) -> None:
+    """Makes ``pl_module.on_load_checkpoint`` replay the checkpoint's structural history first.
+
+    Lightning calls the module's ``on_load_checkpoint`` right before it loads the weights and long before the
+    callbacks' ``load_state_dict``, so replaying the history (decompositions and pruning, in order) there gives
+    the weights the shapes they need. The class's own hook is wrapped, so several structural callbacks install
+    the same wrapper; modules using :class:`~tetra_lightning.checkpoint.CompressibleMixin` need none.
+    """
+    from tetra_lightning.checkpoint import CompressibleMixin, history_from_checkpoint, replay_history
+
+    if isinstance(pl_module, CompressibleMixin):
+        return
+    original = type(pl_module).on_load_checkpoint.__get__(pl_module)
+
+    def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        replay_history(pl_module, history_from_checkpoint(checkpoint))
+        original(checkpoint)
+
+    pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
+
+
+def remove_restore_hook(pl_module: pl.LightningModule) -> None:
+    """Removes the wrapper of :func:`install_restore_hook` (at ``teardown``)."""
+    pl_module.__dict__.pop("on_load_checkpoint", None)
+
+
+def replay_from_trainer_ckpt(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Replays the structural history of a checkpoint path set on ``trainer.ckpt_path`` before ``fit``.
+
+    ``fit(ckpt_path=...)`` is only resolved after ``setup``; :func:`install_restore_hook` covers that case.
+    """
+    import os
+
+    from tetra_lightning.checkpoint import history_from_checkpoint, replay_history
+
+    if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
+        checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
+        replay_history(pl_module, history_from_checkpoint(checkpoint))
+
+
+def first_input(batch: Any) -> torch.Tensor | None:
+    """A one-sample example input taken from a training batch (``batch[0]`` of a tuple, or the batch)."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if isinstance(inputs, torch.Tensor) and inputs.dim() > 0:
+        return inputs[:1].detach().clone()
+    return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,15 +17,17 @@ from torch import nn
 from tetra_lightning.callbacks._surgery import (
     broadcast_module_state,
     broadcast_object,
+    first_input,
+    install_restore_hook,
     is_distributed,
     rebuild_optimizers,
+    remove_restore_hook,
+    replay_from_trainer_ckpt,
     rewrap_ddp,
 )
 from tetra_lightning.checkpoint import (
     CHECKPOINT_KEY,
-    CompressibleMixin,
     applied_history,
-    history_from_checkpoint,
     record_history,
     replay_history,
 )
@@ -271,23 +272,17 @@ class TensorCompressionCallback(Callback):
         if stage == "fit":
             self._check_trainer(trainer)
             self._check_model(pl_module)
-        self._install_restore_hook(pl_module)
-        # A path set with `trainer.ckpt_path = ...` is known already; `fit(ckpt_path=...)` is only resolved later,
-        # which the hook installed above handles (it runs before the weights load).
-        if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
-            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
-            replay_history(pl_module, history_from_checkpoint(checkpoint))
+        install_restore_hook(pl_module)
+        replay_from_trainer_ckpt(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pl_module.__dict__.pop("on_load_checkpoint", None)
+        remove_restore_hook(pl_module)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._batch_example is None and self.example_input is None:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-            if isinstance(inputs, torch.Tensor) and inputs.dim() > 0:
-                self._batch_example = inputs[:1].detach().clone()
+            self._batch_example = first_input(batch)
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The "fisher" allocations: sum squared gradients of the candidate layers during the epoch before a stage.
@@ -412,19 +407,6 @@ class TensorCompressionCallback(Callback):
                 f"{'accepted by `filter_fn` ' if self.filter_fn is not None else ''}in {type(pl_module).__name__} "
                 f"(it has: {', '.join(kinds) or 'no submodules'}). Check `filter_fn` or remove the callback."
             )
-
-    def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
-        if isinstance(pl_module, CompressibleMixin) or "on_load_checkpoint" in pl_module.__dict__:
-            return
-        original = pl_module.on_load_checkpoint
-
-        # Lightning calls the module's `on_load_checkpoint` right before it loads the weights and long before the
-        # callbacks' `load_state_dict`: replaying the history here gives the weights the shapes they need.
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            replay_history(pl_module, history_from_checkpoint(checkpoint))
-            original(checkpoint)
-
-        pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
 
     # ------------------------------------------------------------------------------------------------------
     # measuring and logging

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,15 +16,16 @@ from torch import nn
 from tetra_lightning.callbacks._surgery import (
     broadcast_module_state,
     broadcast_object,
+    install_restore_hook,
     is_distributed,
     rebuild_optimizers,
+    remove_restore_hook,
+    replay_from_trainer_ckpt,
     rewrap_ddp,
 )
 from tetra_lightning.checkpoint import (
     CHECKPOINT_KEY,
-    CompressibleMixin,
     applied_history,
-    history_from_checkpoint,
     record_history,
     replay_history,
 )
@@ -191,12 +191,10 @@ class LowRankCallback(Callback):
     # Lightning hooks
     # ------------------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._install_restore_hook(pl_module)
+        install_restore_hook(pl_module)
         if stage != "fit":
             return
-        if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
-            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
-            replay_history(pl_module, history_from_checkpoint(checkpoint))
+        replay_from_trainer_ckpt(trainer, pl_module)
         already = any(entry.get("stage") == _INIT_STAGE for entry in applied_history(pl_module))
         if self.rank is not None and not already:
             entries = self._factorize(pl_module)
@@ -211,7 +209,7 @@ class LowRankCallback(Callback):
             )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pl_module.__dict__.pop("on_load_checkpoint", None)
+        remove_restore_hook(pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.prior_weight is not None:
@@ -364,15 +362,3 @@ class LowRankCallback(Callback):
             ]
             rank_zero_info("\n".join(lines))
 
-    def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
-        if isinstance(pl_module, CompressibleMixin) or "on_load_checkpoint" in pl_module.__dict__:
-            return
-        original = pl_module.on_load_checkpoint
-
-        # Lightning calls the module's `on_load_checkpoint` right before loading the weights: replaying the
-        # shrinks there gives the weights the shapes they need.
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            replay_history(pl_module, history_from_checkpoint(checkpoint))
-            original(checkpoint)
-
-        pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,14 +17,17 @@ from torch import nn
 from tetra_lightning.callbacks._surgery import (
     broadcast_module_state,
     broadcast_object,
+    first_input,
+    install_restore_hook,
     is_distributed,
     rebuild_optimizers,
+    remove_restore_hook,
+    replay_from_trainer_ckpt,
     rewrap_ddp,
 )
 from tetra_lightning.checkpoint import (
     CHECKPOINT_KEY,
     applied_history,
-    history_from_checkpoint,
     record_history,
 )
 
@@ -175,15 +177,11 @@ class PruningCallback(Callback):
                     f"have. Its conv / linear layers: "
                     f"{[n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))][:20]}."
                 )
-        self._install_restore_hook(pl_module)
-        if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
-            from tetra_lightning.prune import replay_history
-
-            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
-            replay_history(pl_module, history_from_checkpoint(checkpoint))
+        install_restore_hook(pl_module)
+        replay_from_trainer_ckpt(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pl_module.__dict__.pop("on_load_checkpoint", None)
+        remove_restore_hook(pl_module)
         launcher = getattr(trainer.strategy, "launcher", None)
         if stage == "fit" and self.history and getattr(launcher, "_start_method", None) is not None:
             # ddp_spawn: the launching process loads this worker's state_dict into its own dense model; ship the
@@ -202,9 +200,7 @@ class PruningCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._batch_example is None and self.example_input is None:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-            if isinstance(inputs, torch.Tensor) and inputs.dim() > 0:
-                self._batch_example = inputs[:1].detach().clone()
+            self._batch_example = first_input(batch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -251,21 +247,6 @@ class PruningCallback(Callback):
             raise MisconfigurationException(
                 f"PruningCallback supports single-device and DDP strategies, got {type(strategy).__name__}."
             )
-
-    def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
-        from tetra_lightning.prune import PrunableMixin, replay_history
-
-        if isinstance(pl_module, PrunableMixin):
-            return
-        # The class's own hook, not an instance wrapper another callback installed: the mixed replay below
-        # rebuilds decompositions too, and a replay that only knows decompositions would reject prune entries.
-        original = type(pl_module).on_load_checkpoint.__get__(pl_module)
-
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            replay_history(pl_module, history_from_checkpoint(checkpoint))
-            original(checkpoint)
-
-        pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
 
     # ------------------------------------------------------------------------------------------------------
     # pruning
