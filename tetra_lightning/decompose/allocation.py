@@ -343,7 +343,7 @@ def layer_error_curve(layer: nn.Module, method: str) -> list[RankOption]:
         if method == "cp":
             return _cp_curve(layer, weight, norm_sq, limit)
         return _sampled_curve(layer, method, limit)
-    except (TypeError, ValueError, NotImplementedError):
+    except (TypeError, ValueError):
         # The method does not support this layer type (e.g. Tucker-2 of a Linear layer).
         return []
 
