@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tests.helpers.boring import BoringConvModule, make_dataset
 from tetra_lightning.callbacks import QuantizationCallback
 from tetra_lightning.callbacks._surgery import optimizer_parameters
+from tetra_lightning.checkpoint import CompressibleMixin
 
 
 def _trainer(tmp_path: Path, callbacks: list[Callback], max_epochs: int, **kwargs: Any) -> pl.Trainer:
@@ -113,3 +114,61 @@ def test_misconfigurations(tmp_path: Path) -> None:
         _trainer(tmp_path, [QuantizationCallback(submodule="body")], max_epochs=1).fit(BoringConvModule())
     with pytest.raises(RuntimeError, match="nothing is quantized yet"):
         QuantizationCallback().export(tmp_path / "x.pt2")
+
+
+class StopAfterEpoch(Callback):
+    """Stops ``fit`` at the end of ``epoch`` as if the job had been killed (the last checkpoint is on disk)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def test_resume_mid_qat_restores_fake_quant_weights_and_optimizer(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    module = BoringConvModule(lr=0.05)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = QuantizationCallback(mode="int8", qat_start_epoch=1)
+    _trainer(tmp_path, [first, checkpoint, StopAfterEpoch(1)], max_epochs=4, limit_val_batches=1,
+             enable_checkpointing=True).fit(module)
+    assert first.qat_active
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert sum("activation_post_process" in key for key in saved["state_dict"]) >= 4
+
+    class Inspect(Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            state = pl_module.state_dict()
+            self.same_keys = set(state) == set(saved["state_dict"])
+            self.identical = all(torch.equal(state[k], v) for k, v in saved["state_dict"].items())
+            self.momentum = sum(len(s) for s in trainer.optimizers[0].state.values())
+            self.epoch = trainer.current_epoch
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.exact = {id(p) for p in optimizer_parameters(trainer)} == {id(p) for p in pl_module.parameters()}
+            self.fake_quant = sum("FakeQuant" in type(m).__name__ for m in pl_module.modules())
+
+    torch.manual_seed(1)
+    fresh = BoringConvModule(lr=0.05)
+    second, inspect = QuantizationCallback(mode="int8", qat_start_epoch=1), Inspect()
+    _trainer(tmp_path, [second, inspect], max_epochs=4, limit_val_batches=1).fit(fresh, ckpt_path=last)
+    assert inspect.same_keys and inspect.identical and inspect.epoch == 2
+    assert inspect.momentum == len(list(fresh.parameters()))  # SGD momentum buffers of every parameter came back
+    assert inspect.exact and inspect.fake_quant >= 4  # QAT went on; nothing prepared twice
+    assert second.qat_active and sorted(fresh.epoch_losses) == [2, 3]
+    assert _accuracy(second.quantized_model) > 0.8
+    x = make_dataset(num_samples=8).tensors[0]
+    assert torch.equal(torch.export.load(second.export(tmp_path / "resumed.pt2")).module()(x),
+                       second.quantized_model(x))
+
+    # The same checkpoint loads into a plain model with `load_from_checkpoint` through CompressibleMixin.
+    class Model(CompressibleMixin, BoringConvModule):
+        pass
+
+    restored = Model.load_from_checkpoint(last)
+    assert set(restored.state_dict()) == set(saved["state_dict"])

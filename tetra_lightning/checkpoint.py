@@ -36,8 +36,10 @@ __all__ = [
     "history_from_checkpoint",
     "history_to_tensor",
     "is_prune_entry",
+    "qat_from_checkpoint",
     "record_history",
     "replay_history",
+    "replay_qat",
     "restore_from_checkpoint",
 ]
 
@@ -171,6 +173,66 @@ def replay_history(model: nn.Module, history: list[dict[str, Any]]) -> list[dict
     return pending
 
 
+def qat_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Reads the quantization-aware-training marker a :class:`~tetra_lightning.QuantizationCallback` wrote.
+
+    Example:
+        >>> qat_from_checkpoint({"state_dict": {}}) is None
+        True
+    """
+    section = checkpoint.get(CHECKPOINT_KEY) or {}
+    spec = section.get("qat")
+    return dict(spec) if spec else None
+
+
+def replay_qat(model: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
+    """Re-creates the fake-quantized (PT2E QAT) network a checkpoint written during QAT holds.
+
+    A checkpoint saved after ``QuantizationCallback(qat_start_epoch=k)`` started fake quantization stores the
+    weights and observer buffers of the prepared ``torch.fx.GraphModule``; a freshly constructed float model has
+    none of them. This prepares the same submodule again (PT2E ``prepare_qat_pt2e`` on inputs of the recorded
+    shapes) so that the checkpoint's state dict loads strictly. Call it after :func:`replay_history`.
+
+    Args:
+        model: the freshly constructed model (after its structural history was replayed).
+        checkpoint: the loaded checkpoint dict.
+
+    Returns:
+        ``True`` when the submodule was prepared now, ``False`` when the checkpoint has no QAT marker or the
+        submodule is already prepared or ``model`` has no submodule of the recorded name (e.g. the inner network
+        was passed instead of the LightningModule).
+
+    Example:
+        >>> replay_qat(nn.Linear(2, 2), {"state_dict": {}})
+        False
+    """
+    spec = qat_from_checkpoint(checkpoint)
+    if spec is None:
+        return False
+    name = str(spec["submodule"])
+    try:
+        current = model.get_submodule(name)
+    except AttributeError:
+        return False
+    if isinstance(current, torch.fx.GraphModule):
+        return False
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    from tetra_lightning.quantize import prepare_int8
+
+    example = tuple(
+        torch.zeros(tuple(int(d) for d in item["shape"]), dtype=getattr(torch, str(item["dtype"])))
+        for item in spec["inputs"]
+    )
+    was_training = current.training
+    prepared = prepare_int8(current, example, is_qat=True)
+    allow_exported_model_train_eval(prepared)  # Lightning switches train/eval around validation
+    prepared.train(was_training)
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, prepared)
+    return True
+
+
 def restore_from_checkpoint(
     model: nn.Module,
     checkpoint_or_path: Mapping[str, Any] | str | os.PathLike[str],
@@ -215,6 +277,7 @@ def restore_from_checkpoint(
     else:
         checkpoint = torch.load(checkpoint_or_path, map_location="cpu", weights_only=True)
     replay_history(model, history_from_checkpoint(checkpoint))
+    replay_qat(model, checkpoint)
     if load_weights:
         if state_dict_key not in checkpoint:
             raise KeyError(
@@ -259,6 +322,7 @@ class CompressibleMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert isinstance(self, nn.Module)
         replay_history(self, history_from_checkpoint(checkpoint))
+        replay_qat(self, checkpoint)
         parent = super()
         if hasattr(parent, "on_load_checkpoint"):
             parent.on_load_checkpoint(checkpoint)  # type: ignore[misc]

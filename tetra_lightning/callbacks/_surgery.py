@@ -282,7 +282,12 @@ def install_restore_hook(pl_module: pl.LightningModule) -> None:
     the weights the shapes they need. The class's own hook is wrapped, so several structural callbacks install
     the same wrapper; modules using :class:`~tetra_lightning.checkpoint.CompressibleMixin` need none.
     """
-    from tetra_lightning.checkpoint import CompressibleMixin, history_from_checkpoint, replay_history
+    from tetra_lightning.checkpoint import (
+        CompressibleMixin,
+        history_from_checkpoint,
+        replay_history,
+        replay_qat,
+    )
 
     if isinstance(pl_module, CompressibleMixin):
         return
@@ -290,6 +295,7 @@ def install_restore_hook(pl_module: pl.LightningModule) -> None:
 
     def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
         replay_history(pl_module, history_from_checkpoint(checkpoint))
+        replay_qat(pl_module, checkpoint)
         original(checkpoint)
 
     pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
@@ -307,11 +313,12 @@ def replay_from_trainer_ckpt(trainer: pl.Trainer, pl_module: pl.LightningModule)
     """
     import os
 
-    from tetra_lightning.checkpoint import history_from_checkpoint, replay_history
+    from tetra_lightning.checkpoint import history_from_checkpoint, replay_history, replay_qat
 
     if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
         checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
         replay_history(pl_module, history_from_checkpoint(checkpoint))
+        replay_qat(pl_module, checkpoint)
 
 
 def first_input(batch: Any) -> torch.Tensor | None:

@@ -13,7 +13,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from tetra_lightning.callbacks._surgery import rebuild_optimizers, rewrap_ddp
+from tetra_lightning.callbacks._surgery import (
+    install_restore_hook,
+    rebuild_optimizers,
+    remove_restore_hook,
+    replay_from_trainer_ckpt,
+    rewrap_ddp,
+)
+from tetra_lightning.checkpoint import CHECKPOINT_KEY
 
 __all__ = ["QuantizationCallback"]
 
@@ -114,6 +121,13 @@ class QuantizationCallback(Callback):
             )
         self._name = self._resolve(pl_module)
         self._watch(pl_module)
+        # A checkpoint written during QAT holds the fake-quantized network: prepare it again before the weights load.
+        install_restore_hook(pl_module)
+        replay_from_trainer_ckpt(trainer, pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        remove_restore_hook(pl_module)
+        self._unwatch()
 
     def _resolve(self, pl_module: pl.LightningModule) -> str:
         children = {
@@ -254,8 +268,29 @@ class QuantizationCallback(Callback):
             )
         return export_model(self.quantized_model, self._example, path)
 
+    def _example_spec(self) -> list[dict[str, Any]]:
+        return [
+            {"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")}
+            for a in (self._example or ())
+            if isinstance(a, torch.Tensor)
+        ]
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.qat_active and self._name is not None:
+            section = checkpoint.setdefault(CHECKPOINT_KEY, {})
+            section["qat"] = {"submodule": self._name, "inputs": self._example_spec()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"qat_active": self.qat_active, "summary": dict(self.summary)}
+        return {"qat_active": self.qat_active, "summary": dict(self.summary), "example": self._example_spec()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.summary = dict(state_dict.get("summary", {}))
+        # The network was prepared again from the checkpoint (see `setup`): QAT goes on, it does not start over.
+        self.qat_active = bool(state_dict.get("qat_active", False))
+        example = state_dict.get("example") or []
+        if self._example is None and example:
+            self._example = tuple(
+                torch.zeros(tuple(item["shape"]), dtype=getattr(torch, item["dtype"])) for item in example
+            )
