@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tetra_lightning.decompose.base import FactorizedLayer
-from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, TuckerConfig
+from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, TTConfig, TuckerConfig
 from tetra_lightning.decompose.cp import CPConv2d
 from tetra_lightning.decompose.ranks import (
     check_method,
@@ -155,7 +155,9 @@ def _match_placement(new: nn.Module, old: nn.Module) -> nn.Module:
     return new
 
 
-def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[str, nn.Module]]:
+def _candidates(
+    model: nn.Module, filter_fn: FilterFn | None, embeddings: bool = False
+) -> list[tuple[str, nn.Module]]:
     factorized_prefixes: list[str] = []
     attention_prefixes: list[str] = []
     found = []
@@ -171,7 +173,8 @@ def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[str,
             continue
         if any(name.startswith(prefix + ".") for prefix in attention_prefixes):
             continue
-        if name and isinstance(module, (nn.Linear, nn.Conv2d)) and type(module) not in (nn.LazyLinear, nn.LazyConv2d):
+        kinds = (nn.Linear, nn.Conv2d, nn.Embedding) if embeddings else (nn.Linear, nn.Conv2d)
+        if name and isinstance(module, kinds) and type(module) not in (nn.LazyLinear, nn.LazyConv2d):
             if filter_fn is None or filter_fn(module, name):
                 found.append((name, module))
     return found
@@ -200,6 +203,11 @@ def compress_(
     Tucker/CP on ``nn.Linear``, ranks above the full rank (with a warning), and factorizations that would
     not reduce the parameter count.
 
+    With a :class:`~tetra_lightning.decompose.TTConfig` (one for all layers, or named in the mapping), every
+    ``nn.Embedding`` also becomes a :class:`~tetra_lightning.lowrank.TTEmbedding` (``in_modes`` factorize the
+    vocabulary, ``out_modes`` the embedding dimension; see :mod:`tetra_lightning.decompose.embedding`). Other
+    methods leave embeddings alone; embeddings with ``padding_idx``, ``max_norm`` or sparse gradients are skipped.
+
     Args:
         model: the model, modified in place.
         config: one config for all layers, or a mapping from module name to config.
@@ -226,7 +234,8 @@ def compress_(
     """
     history: list[dict[str, Any]] = []
     if isinstance(config, DecompositionConfig):
-        plan = [(name, module, config, False) for name, module in _candidates(model, filter_fn)]
+        embeddings = isinstance(config, TTConfig)
+        plan = [(name, module, config, False) for name, module in _candidates(model, filter_fn, embeddings)]
     elif isinstance(config, Mapping):
         plan = []
         known = dict(model.named_modules())
@@ -251,6 +260,9 @@ def compress_(
         )
 
     for name, module, layer_config, explicit in plan:
+        if isinstance(module, nn.Embedding):
+            history.append(_compress_embedding(model, name, module, layer_config, explicit))
+            continue
         try:
             shape = layer_shape(module)
         except ValueError as error:  # grouped conv
@@ -299,6 +311,48 @@ def compress_(
             }
         )
     return history
+
+
+def _compress_embedding(
+    model: nn.Module, name: str, module: nn.Embedding, config: DecompositionConfig, explicit: bool
+) -> dict[str, Any]:
+    from tetra_lightning.decompose.embedding import (
+        embedding_unsupported,
+        tt_embedding_from_config,
+        tt_embedding_kwargs,
+        tt_embedding_params,
+    )
+
+    reason = embedding_unsupported(module, config)
+    if reason is not None:
+        if explicit:
+            raise TypeError(f"module {name!r} (nn.Embedding): {reason}.")
+        return _skip(name, config, module, reason)
+    assert isinstance(config, TTConfig)
+    try:
+        kwargs = tt_embedding_kwargs(module, config)
+        params_after = tt_embedding_params(module, config, kwargs["rank"])
+    except ValueError as error:
+        if explicit:
+            raise ValueError(f"module {name!r}: {error}") from error
+        warnings.warn(f"compress_ skips {name!r}: {error}", UserWarning, stacklevel=3)
+        return _skip(name, config, module, str(error))
+    params_before = _count(module)
+    if params_after >= params_before:
+        return _skip(name, config, module, f"no parameter reduction: {params_after} factorized >= {params_before} now")
+    with torch.no_grad():
+        new = tt_embedding_from_config(module, config)
+    _set_submodule(model, name, new)
+    return {
+        "name": name,
+        "method": config.method,
+        "spec": new.spec(),
+        "ranks": list(new.ranks),
+        "params_before": params_before,
+        "params_after": _count(new),
+        "rel_error": float(new.rel_error),
+        "config": config.to_dict(),
+    }
 
 
 def restore_structure(model: nn.Module, history: Sequence[Mapping[str, Any]]) -> nn.Module:
