@@ -106,6 +106,43 @@ def test_resume_after_shrink_restores_structure_and_weights(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
+class SaveStatePerRank(Callback):
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save(
+            {
+                "state_dict": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+                "ranks": layer_ranks(pl_module),
+                "in_optimizer": len(optimizer_parameters(trainer)),
+                "params": len(list(pl_module.parameters())),
+                "ddp_params": len(list(trainer.strategy.model.parameters())),
+            },
+            Path(self.directory) / f"rank{trainer.global_rank}.pt",
+        )
+
+
+def test_ddp_spawn_ranks_shrink_identically(tmp_path):
+    """Rank 0 decides which components go and broadcasts; both processes end with the same layers and weights."""
+    torch.manual_seed(0)
+    callback = _callback(shrink_epochs=[1], threshold=0.2)
+    trainer = _trainer(
+        tmp_path, [callback, SaveStatePerRank(str(tmp_path))], max_epochs=2, limit_train_batches=3,
+        strategy="ddp_spawn", devices=2,
+    )
+    trainer.fit(BoringConvModule(width=8))
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    full = {"net.stem": [8], "net.conv1": [16], "net.conv2": [16], "net.conv3": [16], "net.head": [4]}
+    assert rank0["ranks"] == rank1["ranks"] != full  # something was removed, the same on both ranks
+    assert rank0["state_dict"].keys() == rank1["state_dict"].keys()
+    for key, value in rank0["state_dict"].items():
+        assert torch.equal(value, rank1["state_dict"][key]), key
+    for state in (rank0, rank1):
+        assert state["in_optimizer"] == state["params"] == state["ddp_params"]
+
+
 def test_callback_errors(tmp_path):
     with pytest.raises(ValueError, match="`method` must be 'svd' or 'tt'"):
         LowRankCallback(method="cp")
