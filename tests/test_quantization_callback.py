@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -12,26 +12,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tests.helpers.boring import BoringConvModule, make_dataset
+from tests.helpers.trainer import quiet_trainer
 from tetra_lightning.callbacks import QuantizationCallback
 from tetra_lightning.callbacks._surgery import optimizer_parameters
 from tetra_lightning.checkpoint import CompressibleMixin
 
-
-def _trainer(tmp_path: Path, callbacks: list[Callback], max_epochs: int, **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": max_epochs,
-        "callbacks": callbacks,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": tmp_path,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
-    options.update(kwargs)
-    return pl.Trainer(**options)
+_trainer = functools.partial(quiet_trainer, limit_val_batches=1.0)
 
 
 def _accuracy(model: torch.nn.Module) -> float:
