@@ -214,7 +214,10 @@ def test_cifar_datamodule_batches() -> None:
     assert len(train) == len(batches) == 2  # 40 // 16, last incomplete batch dropped
     x, y = batches[0]
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)  # CPU default: NCHW
+    forced = CIFAR10DataModule(arrays, batch_size=16, channels_last=True)
+    forced.setup("fit")
+    assert next(iter(forced.train_dataloader()))[0].is_contiguous(memory_format=torch.channels_last)
     val = list(dm.val_dataloader())
     assert [len(b[1]) for b in val] == [5, 5, 2]
     # evaluation batches are the test images, normalised, in order

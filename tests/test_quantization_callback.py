@@ -158,3 +158,15 @@ def test_resume_mid_qat_restores_fake_quant_weights_and_optimizer(tmp_path: Path
 
     restored = Model.load_from_checkpoint(last)
     assert set(restored.state_dict()) == set(saved["state_dict"])
+
+
+def test_example_of_one_row_and_missing_export_folder(tmp_path: Path) -> None:
+    """A 1-row `example_input_array` (the model summary's pass) must not fix the exported batch size to 1."""
+    torch.manual_seed(0)
+    module = BoringConvModule(lr=0.05)
+    module.example_input_array = torch.randn(1, 3, 8, 8)
+    callback = QuantizationCallback(mode="int8", calibration_batches=2, export_path=tmp_path / "new" / "dir" / "q.pt2")
+    _trainer(tmp_path, [callback], max_epochs=1, enable_model_summary=True).fit(module)
+    x = make_dataset(num_samples=5).tensors[0]
+    reloaded = torch.export.load(str(tmp_path / "new" / "dir" / "q.pt2")).module()
+    assert reloaded(x).shape == (5, 4) and torch.equal(reloaded(x), callback.quantized_model(x))

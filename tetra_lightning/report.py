@@ -358,7 +358,11 @@ class _eval_mode:
 
     def __enter__(self) -> nn.Module:
         self.flags = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
+        try:
+            self.model.eval()
+        except NotImplementedError:
+            # torch.export / PT2E graph modules refuse .eval(); they are already in inference form.
+            self.flags = []
         return self.model
 
     def __exit__(self, *exc: object) -> None:

@@ -150,7 +150,15 @@ class QuantizationCallback(Callback):
     def _watch(self, pl_module: pl.LightningModule) -> None:
         # The network's own input (after any preprocessing in the LightningModule) is what torch.export needs.
         def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if self._example is None and args and isinstance(args[0], torch.Tensor):
+            # A batch of one (e.g. the model summary's `example_input_array`) would make torch.export specialize
+            # the batch size to 1: wait for a real batch.
+            if (
+                self._example is None
+                and args
+                and isinstance(args[0], torch.Tensor)
+                and args[0].dim() > 0
+                and args[0].shape[0] >= 2
+            ):
                 self._example = tuple(
                     a[:2].detach().clone() if isinstance(a, torch.Tensor) else a for a in args
                 )
@@ -234,7 +242,11 @@ class QuantizationCallback(Callback):
             raise MisconfigurationException(
                 "QuantizationCallback saw no input of the network: set `example_input_array` on the LightningModule."
             )
-        self._example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+        example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+        # Two rows keep the exported batch dimension dynamic (torch.export specializes a size of 1).
+        self._example = tuple(
+            torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in example
+        )
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loaders = trainer.val_dataloaders or trainer.train_dataloader

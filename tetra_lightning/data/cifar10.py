@@ -346,7 +346,9 @@ class CIFAR10DataModule(LightningDataModule):
         flip: random horizontal flips.
         mean: per-channel normalisation mean (``[0, 1]`` units).
         std: per-channel normalisation std.
-        channels_last: yield batches in ``torch.channels_last`` memory format.
+        channels_last: yield batches in ``torch.channels_last`` memory format; ``None`` (default): only when the
+            batches live on a CUDA device (on the CPU, torch 2.14's channels_last backward of small strided 1x1
+            convs, as in narrow or factorized ResNets, can crash).
         val_size: training images held out for validation (0: validate on the test set).
         drop_last: drop the last incomplete training batch.
         seed: seed of shuffling, augmentation and the held-out split.
@@ -382,7 +384,7 @@ class CIFAR10DataModule(LightningDataModule):
         flip: bool = True,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         val_size: int = 0,
         drop_last: bool = True,
         seed: int = 0,
@@ -487,7 +489,8 @@ class CIFAR10DataModule(LightningDataModule):
 
     def normalize_batch(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 batch -> normalised float batch (the evaluation transform; `generator` is unused)."""
-        return normalize_images(images, self.mean, self.std, channels_last=self.channels_last)
+        channels_last = self.channels_last if self.channels_last is not None else images.device.type == "cuda"
+        return normalize_images(images, self.mean, self.std, channels_last=channels_last)
 
     def _eval_loader(self, split: str) -> InMemoryBatchLoader:
         x, y = self._on_device(split)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -269,5 +270,6 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike[
     if isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule):
         model = copy.copy(model)
     program = torch.export.export(model, args, dynamic_shapes=_dynamic_batch(args), strict=False)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
     return str(path)
