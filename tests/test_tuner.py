@@ -225,3 +225,25 @@ def test_tune_result_from_a_hand_made_study():
     result = TuneResult.from_study(study, "val_loss", "min")
     assert result.best_params == {"x": 2} and result.best_value == 1.0
     np.testing.assert_allclose(result.best_so_far(), [3.0, 1.0, 1.0])
+
+
+def test_result_leaves_out_surplus_claims_but_keeps_real_failures() -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tetra_lightning.tuner.result import TuneResult
+    from tetra_lightning.tuner.storage import FAIL_REASON_KEY
+
+    study = optuna.create_study(direction="maximize")
+    x = {"x": FloatDistribution(0, 1)}
+    study.add_trial(create_trial(params={"x": 0.1}, distributions=x, value=0.5))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={FAIL_REASON_KEY: "surplus: budget used"}))
+    study.add_trial(create_trial(params={"x": 0.2}, distributions=x, state=TrialState.FAIL,
+                                 user_attrs={FAIL_REASON_KEY: "RuntimeError: boom"}))
+    study.add_trial(create_trial(params={"x": 0.3}, distributions=x, value=0.7))
+    result = TuneResult.from_study(study, "val_acc", "max")
+    assert list(result.trials["number"]) == [0, 2, 3]
+    assert [t.number for t in result.failures()] == [2]
+    assert list(result.best_so_far()) == [0.5, 0.5, 0.7]
+    assert result.best_value == 0.7

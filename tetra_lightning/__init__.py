@@ -73,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "TuneResult": "tetra_lightning.tuner",
     "TetraOptSampler": "tetra_lightning.tuner",
     "TrialPruningCallback": "tetra_lightning.tuner",
+    "TetraOptSearch": "tetra_lightning.tuner.ray",  # needs the [ray] extra
     # reference models
     "cifar_resnet18": "tetra_lightning.models",
     # callbacks and checkpoints
@@ -190,3 +191,4 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         model_report,
     )
     from tetra_lightning.tuner import TetraOptSampler, TetraOptTuner, TrialPruningCallback, TuneResult
+    from tetra_lightning.tuner.ray import TetraOptSearch

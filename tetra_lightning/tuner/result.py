@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tetra_lightning.tuner.storage import FAIL_REASON_KEY
+from tetra_lightning.tuner.storage import FAIL_REASON_KEY, is_surplus
 
 
 @dataclass
@@ -24,7 +24,8 @@ class TuneResult:
         monitor: the optimized metric.
         mode: ``"max"`` or ``"min"``.
         trials: one row per trial (``number``, ``value``, ``state``, ``params_*``, ``user_attrs_fail_reason``,
-            ``user_attrs_traceback``, ``duration``, ...), as ``optuna.Study.trials_dataframe`` writes it.
+            ``user_attrs_traceback``, ``duration``, ...), as ``optuna.Study.trials_dataframe`` writes it, without
+            the unrun ``surplus:`` claims that workers sharing a study give back when the budget is used up.
 
     Example:
         >>> import optuna
@@ -46,7 +47,20 @@ class TuneResult:
         trials = study.trials_dataframe(
             attrs=("number", "value", "state", "params", "user_attrs", "duration", "datetime_start", "datetime_complete")
         )
+        surplus = {t.number for t in study.get_trials(deepcopy=False) if is_surplus(t)}
+        if surplus and "number" in trials:
+            trials = trials[~trials["number"].isin(surplus)].reset_index(drop=True)
         return cls(study=study, monitor=monitor, mode=mode, trials=trials)
+
+    def evaluations(self) -> list[optuna.trial.FrozenTrial]:
+        """The study's trials by number, without the unrun ``surplus:`` claims."""
+        return sorted(
+            (t for t in self.study.get_trials(deepcopy=False) if not is_surplus(t)), key=lambda t: t.number
+        )
+
+    def failures(self) -> list[optuna.trial.FrozenTrial]:
+        """The FAIL trials that were evaluations (crashes, NaN, dead workers), without ``surplus:`` claims."""
+        return [t for t in self.evaluations() if t.state == TrialState.FAIL]
 
     def _complete(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -60,7 +74,7 @@ class TuneResult:
         """
         complete = self._complete()
         if not complete:
-            failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            failed = self.failures()
             hint = ""
             if failed:
                 hint = f" Trial {failed[0].number} failed with: {failed[0].user_attrs.get(FAIL_REASON_KEY, '?')}"
@@ -89,7 +103,7 @@ class TuneResult:
         """Best value after each trial (by number; NaN until a trial completes)."""
         best = math.nan
         out = []
-        for trial in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
+        for trial in self.evaluations():
             if trial.state == TrialState.COMPLETE:
                 if math.isnan(best):
                     best = trial.value
@@ -128,7 +142,7 @@ class TuneResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         figure = Figure(figsize=(11, 4), constrained_layout=True)
         history, importance = figure.subplots(1, 2)
-        trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
+        trials = self.evaluations()
         colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange", TrialState.FAIL: "tab:red"}
         for state, color in colors.items():
             points = [(t.number, t.value) for t in trials if t.state == state and t.value is not None]

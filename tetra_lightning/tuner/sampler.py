@@ -22,7 +22,7 @@ from tetra_lightning.tuner.space import (
     to_optuna_distributions,
     to_python,
 )
-from tetra_lightning.tuner.storage import FAIL_REASON_KEY
+from tetra_lightning.tuner.storage import is_infrastructure_failure
 
 log = logging.getLogger("tetra_lightning.tuner")
 
@@ -41,7 +41,9 @@ class TetraOptSampler(BaseSampler):
 
     Parallel workers: a trial asks TetraOpt for a batch of ``1 + (trials running elsewhere)`` points
     and takes the first one no other running trial holds, so workers sharing a storage evaluate
-    distinct points of the same batch. Params outside the space (and every param before the space is
+    distinct points of the same batch. (:class:`TetraOptTuner`'s workers, on one machine or many, also
+    sample in trial-number order, each once the earlier trials hold their params, so that two trials
+    never sample at the same moment from different histories.) Params outside the space (and every param before the space is
     known) are sampled by ``fallback_sampler`` (a seeded ``RandomSampler``).
 
     Args:
@@ -173,8 +175,8 @@ class TetraOptSampler(BaseSampler):
                 continue
             value = _trial_value(past)
             if past.state == TrialState.FAIL:
-                if str(past.user_attrs.get(FAIL_REASON_KEY, "")).startswith("stale:"):
-                    continue  # the process died, not the config: it may be proposed again
+                if is_infrastructure_failure(past):
+                    continue  # the process died (or the trial never ran), not the config: it may be proposed again
                 value = None
             elif value is None:
                 continue

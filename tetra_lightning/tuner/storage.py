@@ -1,10 +1,20 @@
-"""Study storage helpers: RDB storage from a URL, process stamps on trials, stale-trial recovery."""
+"""Study storage helpers: RDB storage from a URL, process stamps on trials, stale-trial recovery.
+
+A trial whose process dies (``kill -9``, out of memory, a lost machine) stays RUNNING in the storage. Two signals
+tell that it is dead: on the machine that ran it, its pid no longer names the same process (immediate); from
+any machine, its heartbeat (Optuna's ``RDBStorage(heartbeat_interval=...)``, recorded by the worker while the
+trial runs) is older than the grace period. :func:`fail_stale_trials` marks such trials FAIL with a ``stale:``
+reason and queues their params again, exactly once even when several workers look at the same time.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
+import time
+import warnings
 from typing import Any
 
 import optuna
@@ -14,31 +24,58 @@ from optuna.trial import FrozenTrial, TrialState
 log = logging.getLogger("tetra_lightning.tuner")
 
 DEFAULT_STORAGE = "sqlite:///tetra_tune.db"
+# Liveness of trials run by other machines: a worker records a heartbeat every DEFAULT_HEARTBEAT_INTERVAL
+# seconds; a RUNNING trial without one for DEFAULT_GRACE_PERIOD seconds is failed and its params re-queued.
+DEFAULT_HEARTBEAT_INTERVAL = 10
+DEFAULT_GRACE_PERIOD = 60
 
 # System attributes the tuner writes on each trial it runs (Optuna's own keys have no prefix).
 PID_KEY = "tetra:pid"
 HOST_KEY = "tetra:host"
 PROC_START_KEY = "tetra:proc_start"
+PID_NAMESPACE_KEY = "tetra:pid_ns"
+HEARTBEAT_KEY = "tetra:heartbeat_interval"
 # User attributes (they show up in `study.trials_dataframe()` as `user_attrs_*`).
 FAIL_REASON_KEY = "fail_reason"
 TRACEBACK_KEY = "traceback"
 RETRY_OF_KEY = "retry_of"
+# Reasons of FAIL trials that say nothing about their config: the process died (`stale:`), or a worker lost
+# the race for the last budget slot and gave its fresh, param-less trial back (`surplus:`).
+STALE_PREFIX = "stale:"
+SURPLUS_PREFIX = "surplus:"
 
 
-def make_storage(storage: str | BaseStorage | None) -> BaseStorage:
+def make_storage(
+    storage: str | BaseStorage | None,
+    *,
+    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: int | None = DEFAULT_GRACE_PERIOD,
+) -> BaseStorage:
     """Returns an Optuna storage for a SQLAlchemy URL, an existing storage, or the default SQLite file.
 
-    SQLite gets a long lock timeout so that several worker processes can share one file.
+    A URL gets Optuna's heartbeat (so workers on other machines notice a dead one), SQLite a long lock timeout
+    (several local processes share one file), a database server connection checks (``pool_pre_ping``: trials
+    run for hours while pooled connections idle). Several workers may create the tables of an empty database
+    at the same moment: the loser of that race retries.
 
     Args:
-        storage: ``None`` (``sqlite:///tetra_tune.db`` in the working directory), any SQLAlchemy URL, or
-            an ``optuna.storages.BaseStorage`` used as is.
+        storage: ``None`` (``sqlite:///tetra_tune.db`` in the working directory), any SQLAlchemy URL such as
+            ``"postgresql://user:password@db-host:5432/tetra"``, or an ``optuna.storages.BaseStorage`` used as
+            is (pass ``RDBStorage(url, heartbeat_interval=..., grace_period=...)`` for other liveness settings).
+        heartbeat_interval: seconds between heartbeats of a running trial, for a URL; ``None`` turns them off.
+        grace_period: seconds without heartbeat after which a RUNNING trial counts as dead, for a URL.
 
     Returns:
         The storage.
 
     Raises:
         TypeError: when ``storage`` is none of these.
+        ValueError: for a non-positive ``heartbeat_interval`` or ``grace_period``.
+
+    Example:
+        >>> storage = make_storage("sqlite:///:memory:", heartbeat_interval=5, grace_period=20)
+        >>> storage.get_heartbeat_interval(), storage.grace_period
+        (5, 20)
     """
     if isinstance(storage, BaseStorage):
         return storage
@@ -48,10 +85,81 @@ def make_storage(storage: str | BaseStorage | None) -> BaseStorage:
         raise TypeError(
             f"`storage` must be a SQLAlchemy URL string, an optuna storage or None, got {type(storage).__name__}."
         )
+    for name, value, example in (("heartbeat_interval", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL),
+                                 ("grace_period", grace_period, DEFAULT_GRACE_PERIOD)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`{name}` must be a positive int (seconds) or None, got {value!r}. "
+                             f"Pass e.g. `{name}={example}`.")
     engine_kwargs: dict[str, Any] = {}
     if storage.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    return RDBStorage(storage, engine_kwargs=engine_kwargs)
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    return _open_rdb(storage, engine_kwargs, heartbeat_interval, grace_period if heartbeat_interval else None)
+
+
+def reopen_storage(storage: str | BaseStorage | None) -> str | BaseStorage | None:
+    """Returns what a new worker process passes to :func:`make_storage`: the same database, its own connections.
+
+    An ``RDBStorage`` is rebuilt from its URL and settings (heartbeat included) instead of sharing the parent's
+    connection pool; other values are returned unchanged.
+    """
+    if not isinstance(storage, RDBStorage):
+        return storage
+    return _open_rdb(
+        storage.url,
+        dict(storage.engine_kwargs),
+        storage.heartbeat_interval,
+        storage.grace_period,
+        storage.heartbeat_stale_trial_callback,
+    )
+
+
+def _open_rdb(
+    url: str,
+    engine_kwargs: dict[str, Any],
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    callback: Any = None,
+    attempts: int = 5,
+) -> RDBStorage:
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                # heartbeat_interval is "experimental" in Optuna since 2.9; the tuner depends on it deliberately.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=callback,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Two workers creating the tables of an empty database at once: PostgreSQL lets one of the
+            # CREATE TABLEs fail on its catalog's unique index. The tables exist now; try again.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def heartbeat_interval_of(storage: BaseStorage) -> int | None:
+    """The storage's heartbeat interval in seconds, ``None`` when it records no heartbeats."""
+    getter = getattr(storage, "get_heartbeat_interval", None)
+    return getter() if getter is not None else None
+
+
+def grace_period_of(storage: BaseStorage) -> float | None:
+    """Seconds without heartbeat after which a trial of this storage is stale (Optuna: 2 x interval by default)."""
+    interval = heartbeat_interval_of(storage)
+    if interval is None:
+        return None
+    backend = getattr(storage, "_backend", storage)  # a study wraps its RDBStorage in a cache
+    grace = getattr(backend, "grace_period", None)
+    return float(grace if grace is not None else 2 * interval)
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -66,15 +174,31 @@ def _proc_start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def _pid_namespace() -> str | None:
+    # Containers on one machine may share a hostname (host networking) but not their pids: a pid is only
+    # checked by a process in the same pid namespace.
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def process_stamp() -> dict[str, Any]:
     """Returns the attributes that identify the current process on the current host."""
     pid = os.getpid()
-    return {PID_KEY: pid, HOST_KEY: socket.gethostname(), PROC_START_KEY: _proc_start_time(pid)}
+    return {
+        PID_KEY: pid,
+        HOST_KEY: socket.gethostname(),
+        PROC_START_KEY: _proc_start_time(pid),
+        PID_NAMESPACE_KEY: _pid_namespace(),
+    }
 
 
 def stamp_trial(storage: BaseStorage, trial_id: int) -> None:
-    """Records on a trial which process runs it, so that a later run can tell when that process died."""
-    for key, value in process_stamp().items():
+    """Records on a trial which process runs it and whether it sends heartbeats, so others can tell it died."""
+    stamp = process_stamp()
+    stamp[HEARTBEAT_KEY] = heartbeat_interval_of(storage)
+    for key, value in stamp.items():
         storage.set_trial_system_attr(trial_id, key, value)
 
 
@@ -92,50 +216,102 @@ def _process_alive(pid: int, start_time: str | None) -> bool:
     return True
 
 
-def is_stale(trial: FrozenTrial) -> bool:
-    """Whether a RUNNING trial was started by this tuner on this host by a process that no longer runs."""
-    if trial.state != TrialState.RUNNING:
-        return False
+def is_local(trial: FrozenTrial) -> bool:
+    """Whether a trial was stamped by a process whose pid this process can check (same host, same pid space)."""
     attrs = trial.system_attrs
     if PID_KEY not in attrs or attrs.get(HOST_KEY) != socket.gethostname():
         return False
-    return not _process_alive(int(attrs[PID_KEY]), attrs.get(PROC_START_KEY))
+    stamped_ns = attrs.get(PID_NAMESPACE_KEY)
+    return stamped_ns is None or stamped_ns == _pid_namespace()
+
+
+def is_stale(trial: FrozenTrial) -> bool:
+    """Whether a RUNNING trial was started on this host (and pid namespace) by a process that no longer runs."""
+    if trial.state != TrialState.RUNNING or not is_local(trial):
+        return False
+    return not _process_alive(int(trial.system_attrs[PID_KEY]), trial.system_attrs.get(PROC_START_KEY))
+
+
+def is_monitored(trial: FrozenTrial, storage: BaseStorage) -> bool:
+    """Whether a RUNNING trial will either finish or be found dead: its pid is checkable here, or it sends
+    heartbeats that this storage watches. A worker waits for such trials before it leaves a study unfinished."""
+    if is_local(trial):
+        return True
+    return trial.system_attrs.get(HEARTBEAT_KEY) is not None and heartbeat_interval_of(storage) is not None
+
+
+def is_surplus(trial: FrozenTrial) -> bool:
+    """Whether a trial is a worker's unrun claim past the budget (bookkeeping, not an evaluation).
+
+    Example:
+        >>> from optuna.trial import TrialState, create_trial
+        >>> is_surplus(create_trial(state=TrialState.FAIL, user_attrs={FAIL_REASON_KEY: "surplus: budget used"}))
+        True
+    """
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get(FAIL_REASON_KEY, "")).startswith(SURPLUS_PREFIX)
+
+
+def is_infrastructure_failure(trial: FrozenTrial) -> bool:
+    """Whether a FAIL trial failed for a reason that says nothing about its params (dead process, surplus)."""
+    reason = str(trial.user_attrs.get(FAIL_REASON_KEY, ""))
+    return reason.startswith((STALE_PREFIX, SURPLUS_PREFIX))
 
 
 def fail_stale_trials(study: optuna.Study, retry: bool = True) -> list[int]:
-    """Marks the RUNNING trials of dead tuner processes as FAIL and, optionally, queues their params again.
+    """Marks the RUNNING trials of dead worker processes as FAIL and, optionally, queues their params again.
 
-    A trial whose process was killed (``kill -9``, out of memory, power loss) stays RUNNING in the
-    storage forever. Trials stamped by this host are checked by pid; Optuna's heartbeat mechanism, when
-    the storage has ``heartbeat_interval`` set, covers trials of other hosts.
+    Trials stamped by this host (and pid namespace) are checked by pid, at once. When the storage records
+    heartbeats, trials of every host whose last heartbeat is older than the grace period are stale too.
+    Several workers may call this at the same time: the storage lets exactly one of them fail each trial,
+    and only that one queues the retry.
 
     Args:
         study: the study to clean.
         retry: queue the params of each stale trial (``study.enqueue_trial``) so that the config, which
-            was interrupted rather than bad, gets evaluated.
+            was interrupted rather than bad, gets evaluated. A storage built with its own
+            ``heartbeat_stale_trial_callback`` (e.g. Optuna's ``RetryHeartbeatStaleTrialCallback``) gets that
+            callback called instead.
 
     Returns:
-        The numbers of the trials marked FAIL.
+        The numbers of the trials this call marked FAIL.
+
+    Example:
+        >>> study = optuna.create_study(storage=make_storage("sqlite:///:memory:"))
+        >>> fail_stale_trials(study)
+        []
     """
     storage = study._storage
+    reasons: dict[int, str] = {}
+    running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    for trial in running.values():
+        if is_stale(trial):
+            reasons[trial._trial_id] = (
+                f"{STALE_PREFIX} process {trial.system_attrs.get(PID_KEY)} on {trial.system_attrs.get(HOST_KEY)} "
+                "died while the trial was running"
+            )
+    if heartbeat_interval_of(storage) is not None:
+        for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+            trial = running.get(trial_id) or storage.get_trial(trial_id)
+            reasons.setdefault(trial_id, (
+                f"{STALE_PREFIX} no heartbeat for {grace_period_of(storage):g}s from process "
+                f"{trial.system_attrs.get(PID_KEY, '?')} on {trial.system_attrs.get(HOST_KEY, '?')}"
+            ))
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     failed: list[int] = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_stale(trial):
-            continue
-        reason = (
-            f"stale: process {trial.system_attrs.get(PID_KEY)} on {trial.system_attrs.get(HOST_KEY)} "
-            "died while the trial was running"
-        )
+    for trial_id, reason in reasons.items():
+        trial = running.get(trial_id) or storage.get_trial(trial_id)
         try:
-            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_KEY, reason)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            # The reason goes first: a finished trial takes no attributes. If the trial was in fact alive and
+            # finishes in between, the state change below fails and the trial keeps its own result.
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_KEY, reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another process got there first
+            continue  # another worker got there first, or the trial finished: nothing to do
         failed.append(trial.number)
         log.warning("Trial %d: %s; marked FAIL.", trial.number, reason)
-        if retry and trial.params:
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+        elif retry and trial.params:
             study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_KEY: trial.number})
-    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
-        optuna.storages.fail_stale_trials(study)
     return failed

@@ -30,9 +30,10 @@ from tetra_lightning.tuner.storage import (
     TRACEBACK_KEY,
     fail_stale_trials,
     make_storage,
-    stamp_trial,
+    reopen_storage,
 )
 from tetra_lightning.tuner.trial import TrialOutcome, run_trial
+from tetra_lightning.tuner.worker import Heartbeat, claim_trial, count_config_failures, still_running
 
 log = logging.getLogger("tetra_lightning.tuner")
 
@@ -47,6 +48,12 @@ class TetraOptTuner:
     stopped when ``fit`` is called again with the same ``storage`` and ``study_name``: finished trials
     are kept, RUNNING trials of dead processes are marked FAIL (their params are queued again) and the
     sampler rebuilds TetraOpt's state from the history.
+
+    Several machines: every process that calls ``fit`` with the same database URL (``"postgresql://..."``) and
+    ``study_name`` works on the same study. Each trial claims one of the ``budget`` slots in the database before it
+    samples (no surplus trial is run), samples once earlier trials hold their params (no point runs twice), and
+    sends a heartbeat: a trial silent for the grace period (``DEFAULT_GRACE_PERIOD``, or the ``grace_period`` of
+    an ``RDBStorage`` passed as ``storage``) is marked FAIL and its params queued for another worker.
 
     Budget: ``budget`` counts the COMPLETE and PRUNED trials of the study, across sessions. Failed
     trials do not use it up (a crash or an out-of-memory config does not cost a useful evaluation),
@@ -82,9 +89,19 @@ class TetraOptTuner:
             initialized (lambdas work; GNU OpenMP is not fork-safe, so forked workers train with one CPU thread),
             else ``"spawn"`` (model_fn and data must be picklable; each worker gets ``cpu_count // n_jobs``
             threads).
+        executor: ``"local"`` runs trials in this process or ``n_jobs`` local workers; ``"ray"`` runs them as
+            Ray Tune trials (``tetra_lightning.tuner.ray.TetraOptSearch``, at most ``n_jobs`` at once, one CPU
+            and, on a cluster with GPUs, one GPU each) on the Ray instance ``ray.init`` connected to (a local one
+            is started when none is). The trials are recorded in ``storage`` as usual, so ``fit`` returns the same
+            :class:`TuneResult` and resumes the same way. Differences: no ``pruning``, ``start_method`` is unused,
+            model_fn and data are cloudpickled to the Ray workers, trials of one ``fit`` share one TetraOpt (no
+            rebuild from the storage per trial) and Ray writes its own trial folders (next to a SQLite study).
+            Needs ``pip install 'tetra-lightning[ray]'``.
 
     Raises:
-        ValueError: for an empty search space, a bad mode/objective/budget/n_jobs.
+        ValueError: for an empty search space, a bad mode/objective/budget/n_jobs/executor, or ``pruning`` with
+            ``executor="ray"``.
+        ImportError: for ``executor="ray"`` without Ray installed.
         TypeError: for arguments of the wrong type.
 
     Example:
@@ -118,6 +135,7 @@ class TetraOptTuner:
         quiet: bool = True,
         retry_stale: bool = True,
         start_method: Literal["fork", "spawn", "forkserver"] | None = None,
+        executor: Literal["local", "ray"] = "local",
     ) -> None:
         self.search_space = as_search_space(search_space)
         self.distributions = to_optuna_distributions(self.search_space)
@@ -139,12 +157,23 @@ class TetraOptTuner:
             raise TypeError(f"`catch` must be a tuple of exception types such as (Exception,), got {catch!r}.")
         if not isinstance(study_name, str) or not study_name:
             raise ValueError(f"`study_name` must be a non-empty string, got {study_name!r}.")
-        if n_jobs > 1 and not isinstance(storage, (str, RDBStorage)) and storage is not None:
+        if executor not in ("local", "ray"):
+            raise ValueError(f"`executor` must be 'local' or 'ray', got {executor!r}. Use 'ray' to run the trials "
+                             "on a Ray cluster.")
+        if executor == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ImportError("`executor='ray'` needs Ray Tune: `pip install 'tetra-lightning[ray]'`.")
+            if pruning is not False:
+                raise ValueError("`pruning` is not supported with `executor='ray'`: pass pruning=False, or use "
+                                 "TetraOptSearch with a Ray scheduler (e.g. ASHAScheduler) in ray.tune.Tuner.")
+        if executor == "local" and n_jobs > 1 and not isinstance(storage, (str, RDBStorage)) and storage is not None:
             raise ValueError(
                 f"`n_jobs={n_jobs}` runs worker processes that share the study through a database: pass "
                 f"`storage` as a SQLAlchemy URL such as 'sqlite:///tune.db', got {type(storage).__name__}."
             )
-        if n_jobs > 1 and isinstance(storage, str) and ":memory:" in storage:
+        if executor == "local" and n_jobs > 1 and isinstance(storage, str) and ":memory:" in storage:
             raise ValueError("`n_jobs > 1` needs a storage on disk or a database server, not ':memory:'.")
         self.monitor = monitor
         self.mode: Literal["max", "min"] = mode
@@ -170,6 +199,7 @@ class TetraOptTuner:
                 f"`start_method` must be one of {mp.get_all_start_methods()} or None, got {start_method!r}."
             )
         self.start_method = start_method
+        self.executor = executor
         self._storage: BaseStorage | None = None
 
     # ------------------------------------------------------------------ study
@@ -190,10 +220,8 @@ class TetraOptTuner:
             optimizer_kwargs=self.optimizer_kwargs,
         )
 
-    def _storage_url(self) -> str | BaseStorage | None:
-        if isinstance(self.storage, RDBStorage):
-            return self.storage.url
-        return self.storage
+    def _worker_storage(self) -> str | BaseStorage | None:
+        return reopen_storage(self.storage)
 
     def load_study(self, worker_index: int = 0) -> optuna.Study:
         """Creates the study in the storage, or loads it when it exists (the resume path).
@@ -202,7 +230,7 @@ class TetraOptTuner:
             ValueError: when an existing study of that name optimizes in the other direction.
         """
         if self._storage is None or worker_index > 0:
-            storage = make_storage(self.storage if worker_index == 0 else self._storage_url())
+            storage = make_storage(self.storage if worker_index == 0 else self._worker_storage())
             if worker_index == 0:
                 self._storage = storage
         else:
@@ -239,11 +267,7 @@ class TetraOptTuner:
         return counts
 
     def _failures(self, study: optuna.Study) -> int:
-        return sum(
-            1
-            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if not str(t.user_attrs.get(FAIL_REASON_KEY, "")).startswith("stale:")
-        )
+        return count_config_failures(study)
 
     # -------------------------------------------------------------------- fit
     def fit(
@@ -304,10 +328,8 @@ class TetraOptTuner:
             fail_stale_trials(study, retry=self.retry_stale)
             counts = self._counts(study)
             done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-            # RUNNING trials left here belong to live processes (other hosts or tuners): they will finish.
-            slots = self.budget - done - counts[TrialState.RUNNING]
             failures_left = self.max_failures - self._failures(study)
-            if slots <= 0:
+            if done >= self.budget:
                 log.info("Study %r already holds %d finished trials (budget %d): nothing to run.",
                          self.study_name, done, self.budget)
             elif failures_left <= 0:
@@ -315,64 +337,70 @@ class TetraOptTuner:
                             self.study_name, self._failures(study), self.max_failures)
             else:
                 log.info("Study %r: %d finished trials, running up to %d more on %d worker(s).",
-                         self.study_name, done, slots, self.n_jobs)
-                if self.n_jobs == 1:
-                    budget = _Budget(slots, failures_left)
+                         self.study_name, done, self.budget - done, self.n_jobs)
+                if self.executor == "ray":
+                    from tetra_lightning.tuner.ray import fit_on_ray
+
+                    fit_on_ray(self, study, fit_args, done=done, failures_left=failures_left)
+                elif self.n_jobs == 1:
                     with _progress(self.progress_bar, self.budget, done, self.study_name) as bar:
-                        self._optimize(study, budget, fit_args, worker_index=0, bar=bar)
+                        self._optimize(study, fit_args, worker_index=0, bar=bar)
                 else:
-                    self._optimize_parallel(study, slots, failures_left, fit_args, done)
+                    self._optimize_parallel(study, fit_args, done)
             result = TuneResult.from_study(study, self.monitor, self.mode)
             self._log_summary(result, fit_args["trainer_kwargs"])
-        if result.n_complete and result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            log.info("%d trial(s) failed; see result.trials['user_attrs_fail_reason'].",
-                     len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))))
+        if result.n_complete and result.failures():
+            log.info("%d trial(s) failed; see result.trials['user_attrs_fail_reason'].", len(result.failures()))
         return result
 
     def _optimize(
-        self, study: optuna.Study, budget: _Budget, fit_args: dict[str, Any], worker_index: int, bar: Any = None,
+        self, study: optuna.Study, fit_args: dict[str, Any], worker_index: int, bar: Any = None,
         device_index: int | None = None,
     ) -> None:
-        while budget.acquire():
-            trial = study.ask(fixed_distributions=self.distributions)
-            stamp_trial(study._storage, trial._trial_id)
+        # The storage is the only coordinator: each trial claims a budget slot there (see tuner/worker.py), so
+        # processes of this tuner, of other tuners and of other machines together run exactly `budget` trials.
+        while True:
+            trial = claim_trial(study, budget=self.budget, distributions=self.distributions,
+                                max_failures=self.max_failures, retry_stale=self.retry_stale)
+            if trial is None:
+                return
             config = {name: trial.params[name] for name in self.distributions}
-            try:
-                outcome = run_trial(
-                    config,
-                    monitor=self.monitor,
-                    mode=self.mode,
-                    objective=self.objective,
-                    optuna_trial=trial,
-                    pruning=not isinstance(self._pruner(), NopPruner),
-                    study_name=self.study_name,
-                    trial_number=trial.number,
-                    device_index=device_index,
-                    **fit_args,
-                )
-            except BaseException as error:  # model_fn misuse, KeyboardInterrupt, SystemExit: record, re-raise
-                budget.release(failed=True)
-                outcome = TrialOutcome(
-                    "failed",
-                    error=f"{type(error).__name__}: {error}",
-                    traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
-                    exception=error,
-                )
+            with Heartbeat(study._storage, trial._trial_id):
+                try:
+                    outcome = run_trial(
+                        config,
+                        monitor=self.monitor,
+                        mode=self.mode,
+                        objective=self.objective,
+                        optuna_trial=trial,
+                        pruning=not isinstance(self._pruner(), NopPruner),
+                        study_name=self.study_name,
+                        trial_number=trial.number,
+                        device_index=device_index,
+                        **fit_args,
+                    )
+                except BaseException as error:  # model_fn misuse, KeyboardInterrupt, SystemExit: record, re-raise
+                    outcome = TrialOutcome(
+                        "failed",
+                        error=f"{type(error).__name__}: {error}",
+                        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                        exception=error,
+                    )
+                    self._tell(study, trial, outcome)
+                    raise
                 self._tell(study, trial, outcome)
-                raise
-            self._tell(study, trial, outcome)
-            if outcome.status == "failed":
-                budget.release(failed=True)
-                if not isinstance(outcome.exception, self.catch):
-                    assert outcome.exception is not None
-                    raise outcome.exception
-            if bar is not None:
-                bar.update(1 if outcome.status != "failed" else 0)
-                best = _best_value(study)
-                if best is not None:
-                    bar.set_postfix({f"best {self.monitor}": f"{best:.4g}"})
+            if outcome.status == "failed" and not isinstance(outcome.exception, self.catch):
+                assert outcome.exception is not None
+                raise outcome.exception
+            self._refresh_bar(study, bar)  # study-wide: workers elsewhere finish trials too
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, outcome: TrialOutcome) -> None:
+        if not still_running(study, trial):
+            # Its heartbeat was silent for the grace period (a stalled process or database): another worker
+            # failed it and queued its params again, so this result would be a second one for the same slot.
+            log.warning("Trial %d was marked dead by another worker while it ran; its %s result is dropped.",
+                        trial.number, outcome.status)
+            return
         if isinstance(self._pruner(), NopPruner):
             # Without a pruner nothing reported live: store the learning curve now.
             for epoch, value in sorted(outcome.epoch_values.items()):
@@ -396,9 +424,7 @@ class TetraOptTuner:
             _fmt(best), outcome.duration_s, params,
         )
 
-    def _optimize_parallel(
-        self, study: optuna.Study, slots: int, failures_left: int, fit_args: dict[str, Any], done: int
-    ) -> None:
+    def _optimize_parallel(self, study: optuna.Study, fit_args: dict[str, Any], done: int) -> None:
         import torch
 
         method = self.start_method
@@ -417,13 +443,12 @@ class TetraOptTuner:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         use_gpus = gpus > 0 and "devices" not in fit_args["trainer_kwargs"] and fit_args["trainer_kwargs"].get(
             "accelerator", "auto") in ("auto", "gpu", "cuda")
-        budget = _Budget(slots, failures_left, context=context)
         workers = []
         for index in range(self.n_jobs):
             device = index % gpus if use_gpus else None
             process = context.Process(
                 target=_worker_main,
-                args=(self, fit_args, index, budget, device, method == "fork"),
+                args=(self, fit_args, index, device, method == "fork"),
                 name=f"tetra-trial-worker-{index}",
                 daemon=True,
             )
@@ -529,40 +554,8 @@ def log_wandb_summary(result: TuneResult, logger: WandbLogger, study_name: str) 
         run.finish()
 
 
-class _Budget:
-    """Trial slots shared by the workers: COMPLETE/PRUNED trials use a slot, failures hand it back."""
-
-    def __init__(self, slots: int, failures_left: int, context: Any = None) -> None:
-        if context is None:
-            self._slots = _Plain(slots)
-            self._failures = _Plain(failures_left)
-            self._lock: Any = contextlib.nullcontext()
-        else:
-            self._lock = context.Lock()
-            self._slots = context.Value("i", slots, lock=False)
-            self._failures = context.Value("i", failures_left, lock=False)
-
-    def acquire(self) -> bool:
-        with self._lock:
-            if self._slots.value <= 0 or self._failures.value <= 0:
-                return False
-            self._slots.value -= 1
-            return True
-
-    def release(self, failed: bool) -> None:
-        with self._lock:
-            self._slots.value += 1
-            if failed:
-                self._failures.value -= 1
-
-
-class _Plain:
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-
 def _worker_main(
-    tuner: TetraOptTuner, fit_args: dict[str, Any], index: int, budget: _Budget, device: int | None, forked: bool
+    tuner: TetraOptTuner, fit_args: dict[str, Any], index: int, device: int | None, forked: bool
 ) -> None:
     import torch
 
@@ -575,7 +568,7 @@ def _worker_main(
         tuner._storage.engine.dispose(close=False)
     with tuner._quiet():
         study = tuner.load_study(worker_index=index + 1)
-        tuner._optimize(study, budget, fit_args, worker_index=index, device_index=device)
+        tuner._optimize(study, fit_args, worker_index=index, device_index=device)
 
 
 def _die_with_parent() -> None:

@@ -1,0 +1,760 @@
+"""Ray Tune integration: :class:`TetraOptSearch` (TetraOpt as a ``ray.tune`` searcher) and the Ray executor.
+
+``TetraOptSearch`` plugs TetraOpt into ``ray.tune.Tuner`` so a study runs over a Ray cluster;
+``TetraOptTuner(..., executor="ray")`` uses it to run the tuner's own trials (one fresh ``Trainer.fit`` each)
+as Ray Tune trials, recorded in the tuner's Optuna storage like local trials.
+
+Ray is an optional dependency: ``pip install 'tetra-lightning[ray]'``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import pickle
+import re
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+try:
+    import ray
+    from ray import tune
+    from ray.tune.search import Searcher
+    from ray.tune.search.sample import Categorical as _RayCategorical
+    from ray.tune.search.sample import Domain as _RayDomain
+    from ray.tune.search.sample import Float as _RayFloat
+    from ray.tune.search.sample import Integer as _RayInteger
+    from ray.tune.search.sample import LogUniform as _RayLogUniform
+except ImportError as _error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "tetra_lightning.tuner.ray needs Ray Tune, which is not installed. "
+        "Install it with `pip install 'tetra-lightning[ray]'`."
+    ) from _error
+
+from tetra_lightning.optim import Dimension, SearchSpace, TetraOpt, as_space
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from tetra_lightning.tuner.tuner import TetraOptTuner
+
+__all__ = ["TetraOptSearch", "fit_on_ray"]
+
+log = logging.getLogger("tetra_lightning.tuner")
+
+_STATE_VERSION = 1
+# Keys every Ray trial of TetraOptTuner(executor="ray") reports next to the monitor.
+STATUS_KEY = "tetra_status"
+ERROR_KEY = "tetra_error"
+TRACEBACK_KEY = "tetra_traceback"
+EPOCHS_KEY = "tetra_epoch_values"
+DURATION_KEY = "tetra_duration_s"
+EXCEPTION_KEY = "tetra_exception"  # base64 pickle of an exception that `catch` does not cover
+_RESERVED_OPTIMIZER_KEYS = ("space", "budget", "seed", "direction")
+_QUEUED, _WAIT, _FINISHED = "queued", "wait", "finished"
+
+
+class TetraOptSearch(Searcher):
+    """A ``ray.tune`` searcher that proposes trial configs with ``tetra_lightning.optim.TetraOpt``.
+
+    Batch-aware: when Ray asks for a config and no proposal is queued, the searcher asks TetraOpt for one
+    batch of distinct points, one per free concurrency slot (``TuneConfig(max_concurrent_trials=n)`` hands
+    ``n`` to :meth:`set_max_concurrency`), queues them, and hands them out one per trial. Every finished
+    trial is told to TetraOpt as soon as it finishes, so the next batch uses every result known by then.
+    A point is proposed at most once.
+
+    A trial that raised, reported no ``metric`` or reported a NaN/inf value is told to TetraOpt as a failed
+    point (never proposed again) and the search goes on. :meth:`save` / :meth:`restore` pickle the optimizer
+    and the running trials, so ``ray.tune.Tuner.restore`` resumes the search where it stopped.
+
+    Budget: ``budget`` counts the trials this searcher proposes, failed ones included (as TetraOpt counts
+    evaluations), unless ``max_failures`` is given: then failed trials hand their slot back and the search
+    stops after ``max_failures`` failures. When the budget is used up (or the grid is exhausted) ``suggest``
+    returns ``Searcher.FINISHED``; pass ``TuneConfig(num_samples=-1)`` so that Ray does not stop earlier.
+    Points given to :meth:`add_evaluated_point` are known results and do not use the budget.
+
+    Args:
+        space: ``{name: Categorical | Int | Float}`` (``tetra_lightning.optim`` dimensions) or a
+            ``SearchSpace``; ``None`` takes the dimensions from the Tuner's ``param_space``. Ray Tune sampling
+            domains (``tune.uniform``, ``tune.choice``, ...) are refused: TetraOpt searches finite grids.
+        metric: the reported metric to optimize; ``None`` takes ``TuneConfig(metric=...)``.
+        mode: ``"max"`` or ``"min"``; ``None`` takes ``TuneConfig(mode=...)``.
+        budget: trials to propose (``None``: until Ray's ``num_samples`` or the grid runs out).
+        seed: seed of TetraOpt.
+        points_to_evaluate: configs to run first (each must lie on the grid), e.g. a known good default.
+        max_concurrent: trials running at once (``None``: as ``max_concurrent_trials`` says, else one batch
+            point per request).
+        max_failures: when given, failed trials do not use the budget and at most this many are run.
+        **optimizer_kwargs: further ``TetraOpt`` arguments (``method``, ``rank``, ``n_init``, ...).
+
+    Raises:
+        TypeError: for a space holding Ray Tune sampling domains or anything but our dimensions, or a count or
+            ``seed`` that is no int.
+        ValueError: for a bad ``mode``/``metric``/``budget``/``max_concurrent``/``max_failures``, reserved or
+            unknown optimizer arguments, or a point of ``points_to_evaluate`` that is not on the grid.
+
+    Example:
+        >>> from tetra_lightning.optim import Int
+        >>> search = TetraOptSearch({"x": Int(0, 9), "y": Int(0, 9)}, metric="score", mode="max", budget=30)
+        >>> search.set_max_concurrency(3)
+        True
+        >>> while isinstance(config := search.suggest(f"t{search.n_suggested}"), dict):
+        ...     score = -(config["x"] - 7) ** 2 - (config["y"] - 2) ** 2
+        ...     search.on_trial_complete(f"t{search.n_suggested - 1}", {"score": score})
+        >>> search.best_params, search.best_value, search.n_suggested
+        ({'x': 7, 'y': 2}, 0.0, 30)
+        >>> search.suggest("one-more") == TetraOptSearch.FINISHED
+        True
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace | Mapping[str, Any] | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+        budget: int | None = None,
+        seed: int = 0,
+        points_to_evaluate: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        max_concurrent: int | None = None,
+        max_failures: int | None = None,
+        **optimizer_kwargs: Any,
+    ) -> None:
+        if mode is not None and mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'max', 'min' or None, got {mode!r}. Use 'max' for accuracy, "
+                             "'min' for loss.")
+        if metric is not None and (not isinstance(metric, str) or not metric):
+            raise ValueError(f"`metric` must be the name of one reported metric such as 'val_acc', got {metric!r}. "
+                             "TetraOptSearch optimizes a single objective.")
+        _check_optional_int("budget", budget, "budget=40")
+        _check_optional_int("max_concurrent", max_concurrent, "max_concurrent=4")
+        _check_optional_int("max_failures", max_failures, "max_failures=10")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"`seed` must be an int, got {seed!r}. Pass e.g. seed=0.")
+        reserved = sorted(set(optimizer_kwargs) & set(_RESERVED_OPTIMIZER_KEYS))
+        if reserved:
+            raise ValueError(f"TetraOptSearch sets {reserved} of TetraOpt itself; pass `budget=`, `seed=` and "
+                             "`mode=` to TetraOptSearch instead.")
+        if points_to_evaluate is not None and (
+            isinstance(points_to_evaluate, Mapping) or not all(isinstance(p, Mapping) for p in points_to_evaluate)
+        ):
+            raise TypeError("`points_to_evaluate` must be a list of config dicts, e.g. [{'lr': 0.01, 'width': 64}].")
+        super().__init__(metric=metric, mode=mode)
+        self._budget = budget
+        self._seed = seed
+        self._max_concurrent = max_concurrent
+        self._max_failures = max_failures
+        self._optimizer_kwargs = dict(optimizer_kwargs)
+        self._space: SearchSpace | None = None
+        self._optimizer: TetraOpt | None = None
+        self._initial: list[dict[str, Any]] = [dict(p) for p in points_to_evaluate or []]
+        self._initial_keys: set[tuple[int, ...]] = set()
+        self._queue: list[dict[str, Any]] = []
+        self._live: dict[str, dict[str, Any]] = {}
+        self._n_complete = 0
+        self._n_failed = 0
+        self._history: list[dict[str, Any]] = []
+        if space is not None:
+            self._set_space(space, "space")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def space(self) -> SearchSpace | None:
+        """The search space (``None`` until given by ``space`` or the Tuner's ``param_space``)."""
+        return self._space
+
+    @property
+    def budget(self) -> int | None:
+        """Trials this searcher may propose (``None``: unlimited)."""
+        return self._budget
+
+    @property
+    def n_suggested(self) -> int:
+        """Configs handed to Ray so far (finished and running trials)."""
+        return len(self._history) + len(self._live)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per finished trial, in order: ``trial_id``, ``params``, ``value`` (``None`` when failed),
+        ``state`` (``"complete"`` or ``"failed"``)."""
+        return [dict(entry) for entry in self._history]
+
+    @property
+    def best_params(self) -> dict[str, Any] | None:
+        """Params of the best successful trial told so far (added points included); ``None`` before one."""
+        return None if self._optimizer is None else self._optimizer.best_params
+
+    @property
+    def best_value(self) -> float:
+        """Its value (``nan`` before the first successful trial)."""
+        return math.nan if self._optimizer is None else self._optimizer.best_value
+
+    # --------------------------------------------------------- Ray's protocol
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Takes ``max_concurrent_trials`` from Ray's ``ConcurrencyLimiter``: the searcher limits concurrency
+        itself (it returns ``None`` while that many trials run) and sizes its batches by the free slots."""
+        _check_optional_int("max_concurrent", max_concurrent, "max_concurrent_trials=4")
+        self._max_concurrent = int(max_concurrent)
+        return True
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        """Takes ``metric``/``mode`` from ``TuneConfig`` and the dimensions from the Tuner's ``param_space``.
+
+        Constants in ``param_space`` pass through to every trial's config; ``tetra_lightning.optim``
+        dimensions there define the space when the searcher has none.
+
+        Raises:
+            TypeError: when ``param_space`` holds Ray Tune sampling domains.
+            ValueError: when ``metric``/``mode`` differ from the searcher's own, or both the searcher and
+                ``param_space`` define a (different) space.
+        """
+        config = dict(config or {})
+        _reject_ray_domains(config, "param_space")
+        dims = {name: value for name, value in config.items() if isinstance(value, Dimension)}
+        if dims:
+            if self._space is None:
+                self._set_space(dims, "param_space")
+            elif self._space.to_dict() != as_space(dims).to_dict():
+                raise ValueError(
+                    "Both TetraOptSearch(space=...) and the Tuner's `param_space` define search dimensions "
+                    f"({sorted(self._space)} and {sorted(dims)}). Define them in one place only."
+                )
+        for name, given, own in (("metric", metric, self._metric), ("mode", mode, self._mode)):
+            if given is not None and own is not None and given != own:
+                raise ValueError(
+                    f"TetraOptSearch was created with {name}={own!r} but TuneConfig passes {name}={given!r}. "
+                    "Set it in one place only."
+                )
+        if metric is not None and self._metric is None:
+            self._metric = metric
+        if mode is not None and self._mode is None:
+            if mode not in ("min", "max"):
+                raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}.")
+            self._mode = mode
+        return True
+
+    # Ray annotates suggest as Optional[Dict] but documents (and handles) the string Searcher.FINISHED too
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
+        """The next config, ``None`` while the concurrency limit is reached or the remaining slots are held
+        by running trials, ``Searcher.FINISHED`` when the budget is used up or the grid is exhausted.
+
+        Raises:
+            RuntimeError: when no space, metric or mode was given (neither here nor through the Tuner).
+        """
+        self._ensure_optimizer()
+        if self._max_failures is not None and self._n_failed >= self._max_failures:
+            return Searcher.FINISHED
+        if self._max_concurrent is not None and len(self._live) >= self._max_concurrent:
+            return None
+        if not self._queue:
+            status = self._refill()
+            if status != _QUEUED:
+                return None if status == _WAIT else Searcher.FINISHED
+        params = self._queue.pop(0)
+        self._live[trial_id] = params
+        return dict(params)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        """Tells TetraOpt the trial's ``metric`` (a failed point when it errored or reported none/NaN)."""
+        params = self._live.pop(trial_id, None)
+        if params is None:
+            log.debug("TetraOptSearch: ignoring the completion of unknown trial %s.", trial_id)
+            return
+        value = None if error or not result else _finite(result.get(str(self._metric)))
+        assert self._optimizer is not None
+        self._optimizer.tell([params], [value])
+        self._initial_keys.discard(self._optimizer.space.to_index(params))
+        if value is None:
+            self._n_failed += 1
+        else:
+            self._n_complete += 1
+        self._history.append({"trial_id": trial_id, "params": dict(params), "value": value,
+                              "state": "failed" if value is None else "complete"})
+
+    def add_evaluated_point(
+        self,
+        parameters: dict[str, Any],
+        value: float | None,
+        error: bool = False,
+        pruned: bool = False,
+        intermediate_values: list[float] | None = None,
+    ) -> None:
+        """Tells TetraOpt a result obtained outside this search (it does not use the budget).
+
+        A pruned point without a value takes its last intermediate value; ``error=True`` or a missing/NaN
+        value marks the point failed (never proposed).
+        """
+        self._ensure_optimizer()
+        assert self._optimizer is not None
+        if value is None and intermediate_values:
+            value = intermediate_values[-1]
+        self._optimizer.tell([dict(parameters)], [None if error else _finite(value)])
+
+    def save(self, checkpoint_path: str) -> None:
+        """Pickles the optimizer, the queue and the running trials to ``checkpoint_path``."""
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self._state(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restores what :meth:`save` wrote (used by ``ray.tune.Tuner.restore``).
+
+        Raises:
+            ValueError: when the file was not written by ``TetraOptSearch.save``.
+        """
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        if not isinstance(state, dict) or state.get("tetra_search_version") != _STATE_VERSION:
+            raise ValueError(f"{checkpoint_path!r} holds no TetraOptSearch state (written by another searcher?).")
+        state.pop("tetra_search_version")
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state.pop("tetra_search_version", None)
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    # ---------------------------------------------------------------- helpers
+    def _state(self) -> dict[str, Any]:
+        keys = ("_metric", "_mode", "_budget", "_seed", "_max_concurrent", "_max_failures", "_optimizer_kwargs",
+                "_space", "_optimizer", "_initial", "_initial_keys", "_queue", "_live", "_n_complete",
+                "_n_failed", "_history")
+        state = {key: getattr(self, key) for key in keys}
+        state["tetra_search_version"] = _STATE_VERSION
+        return state
+
+    def _set_space(self, space: Any, argument: str) -> None:
+        if isinstance(space, Mapping):
+            _reject_ray_domains(space, argument)
+        if isinstance(space, Mapping) and not space:
+            raise ValueError(f"`{argument}` is empty: nothing to search. Pass e.g. {{'lr': Float(1e-4, 1e-1, "
+                             "log=True)}.")
+        if not isinstance(space, Mapping):
+            raise TypeError(f"`{argument}` must be a dict of name -> tetra_lightning.optim Categorical/Int/Float or "
+                            f"a SearchSpace, got {type(space).__name__}.")
+        self._space = as_space(space)
+        # validate the optimizer arguments now rather than at the first trial
+        TetraOpt(self._space, seed=self._seed, **self._optimizer_kwargs)
+        for number, point in enumerate(self._initial):
+            try:
+                key = self._space.to_index(point)
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"`points_to_evaluate[{number}]` = {point!r} is not a point of the space: "
+                                 f"{error}") from None
+            if key in self._initial_keys:
+                raise ValueError(f"`points_to_evaluate[{number}]` = {point!r} repeats an earlier point; remove it.")
+            self._initial_keys.add(key)
+
+    def _ensure_optimizer(self) -> None:
+        if self._optimizer is not None:
+            return
+        if self._space is None:
+            raise RuntimeError(
+                "TetraOptSearch has no search space: pass `TetraOptSearch(space={...})` with tetra_lightning.optim "
+                "dimensions, or put those dimensions in `Tuner(param_space={...})`."
+            )
+        if self._mode is None:
+            raise RuntimeError(
+                f"TetraOptSearch has no mode (metric={self._metric!r}): pass `mode='max'` or `mode='min'` to "
+                "TetraOptSearch or to `TuneConfig`."
+            )
+        if self._metric is None:
+            from ray.tune.result import DEFAULT_METRIC
+
+            self._metric = DEFAULT_METRIC  # as Ray's searchers do when only a mode is given
+        direction = "maximize" if self._mode == "max" else "minimize"
+        self._optimizer = TetraOpt(self._space, budget=None, seed=self._seed, direction=direction,
+                                   **self._optimizer_kwargs)
+
+    def _slots_left(self) -> int | None:
+        if self._budget is None:
+            return None
+        used = (self._n_complete if self._max_failures is not None else len(self._history))
+        return self._budget - used - len(self._live) - len(self._queue)
+
+    def _refill(self) -> str:
+        """Queues the next points: ``_QUEUED`` when it did, ``_WAIT`` while running trials hold the remaining
+        slots or points, ``_FINISHED`` when nothing is left to propose."""
+        assert self._optimizer is not None
+        slots = self._slots_left()
+        if slots is not None and slots <= 0:
+            # with max_failures a running trial that fails hands its slot back: wait for it
+            return _WAIT if self._max_failures is not None and self._live else _FINISHED
+        if self._initial:
+            self._queue.append(self._initial.pop(0))
+            return _QUEUED
+        wanted = 1 if self._max_concurrent is None else max(1, self._max_concurrent - len(self._live))
+        if slots is not None:
+            wanted = min(wanted, slots)
+        for _ in range(4):
+            batch = self._optimizer.ask(wanted)
+            if not batch:
+                log.info("TetraOptSearch: the search space is exhausted after %d trials.", self.n_suggested)
+                return _FINISHED
+            # TetraOpt does not know the points_to_evaluate still running: a proposal that repeats one is
+            # dropped (it stays pending in TetraOpt until that trial is told)
+            fresh = [p for p in batch if self._optimizer.space.to_index(p) not in self._initial_keys]
+            self._queue.extend(fresh)
+            if fresh:
+                return _QUEUED
+        return _WAIT
+
+
+# ------------------------------------------------------------------ checks
+def _check_optional_int(name: str, value: Any, example: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int or None, got {value!r}. Pass e.g. `{example}`.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {value}. Pass e.g. `{example}`.")
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _dimension_hint(domain: Any) -> str:
+    """Our dimension that corresponds to a Ray Tune domain, as source text for the error message."""
+    if isinstance(domain, _RayCategorical):
+        return f"Categorical({list(domain.categories)!r})"
+    if isinstance(domain, _RayInteger):
+        return f"Int({domain.lower}, {domain.upper - 1})"
+    if isinstance(domain, _RayFloat):
+        log_scale = ", log=True" if isinstance(domain.get_sampler(), _RayLogUniform) else ""
+        return f"Float({domain.lower}, {domain.upper}{log_scale}, grid=16)"
+    return "Float(low, high, grid=16)"
+
+
+def _reject_ray_domains(space: Mapping[str, Any], argument: str) -> None:
+    for name, value in space.items():
+        if isinstance(value, _RayDomain):
+            raise TypeError(
+                f"`{argument}[{name!r}]` is a Ray Tune sampling domain ({type(value).__name__}); TetraOptSearch "
+                "searches finite grids. Use tetra_lightning.optim dimensions instead, e.g. "
+                f"`{name!r}: {_dimension_hint(value)}` (from tetra_lightning.optim import Categorical, Float, Int)."
+            )
+        if isinstance(value, Mapping) and "grid_search" in value:
+            raise TypeError(
+                f"`{argument}[{name!r}]` is a Ray Tune grid_search; TetraOptSearch searches the grid itself. Use "
+                f"`{name!r}: Categorical({list(value['grid_search'])!r})` from tetra_lightning.optim instead."
+            )
+
+
+# --------------------------------------------------- TetraOptTuner on Ray
+class _StudySearch(TetraOptSearch):
+    """TetraOptSearch that mirrors its trials into the tuner's Optuna study: a RUNNING trial when Ray gets the
+    config, told (values, curve, failure reason) when Ray reports the trial finished."""
+
+    def __init__(self, tuner: TetraOptTuner, study: optuna.Study, *, budget: int, max_failures: int,
+                 bar: Any = None) -> None:
+        super().__init__(tuner.search_space, metric=tuner.monitor, mode=tuner.mode, budget=budget,
+                         seed=tuner.seed, max_concurrent=tuner.n_jobs, max_failures=max_failures,
+                         **tuner.optimizer_kwargs)
+        self._tuner = tuner
+        self._study = study
+        self._bar = bar
+        self._open: dict[str, int] = {}  # ray trial id -> optuna trial id
+        self._heartbeats: dict[str, Any] = {}  # ray trial id -> Heartbeat of its optuna trial
+        self._numbers: dict[str, int] = {}  # ray trial id -> optuna trial number
+        self._waiting: dict[tuple[int, ...], list[int]] = {}  # grid point -> WAITING (enqueued) optuna trial ids
+        self.abort_error: BaseException | None = None  # an exception `catch` does not cover: stop and re-raise
+        self._resume_from_study()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the search algorithm with the Tuner; the study and the tuner stay in this process.
+        state = self.__dict__.copy()
+        for key in ("_tuner", "_study", "_bar"):
+            state[key] = None
+        state["_heartbeats"] = {}
+        return state
+
+    def _resume_from_study(self) -> None:
+        from optuna.trial import TrialState
+
+        from tetra_lightning.tuner.sampler import TetraOptSampler
+
+        tuner, study = self._tuner, self._study
+        # the same replay of finished trials as the local sampler (stale failures are not held against a config)
+        sampler = TetraOptSampler(tuner.search_space, seed=tuner.seed, optimizer_kwargs=tuner.optimizer_kwargs)
+        self._optimizer = sampler.build_optimizer(study, tuner.distributions)
+        space = self._optimizer.space
+        evaluated = {space.to_index(entry["params"]) for entry in self._optimizer.history}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            fixed = trial.system_attrs.get("fixed_params") or {}
+            try:
+                key = space.to_index({name: fixed[name] for name in tuner.distributions})
+            except (KeyError, ValueError):
+                continue
+            if key not in self._waiting and key not in evaluated:
+                self._initial.append(space.from_index(key))
+                self._initial_keys.add(key)
+            self._waiting.setdefault(key, []).append(trial._trial_id)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
+        if self.abort_error is not None:
+            return Searcher.FINISHED  # running trials finish and are recorded, then fit_on_ray re-raises
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._open_trial(trial_id, config)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        self._close_trial(trial_id, result, error)
+
+    def trial_name(self, trial: Any) -> str:
+        """Ray's name of a trial: ``trial-N`` with N the Optuna trial number (it also names the trial's logs)."""
+        number = self._numbers.get(trial.trial_id)
+        return f"trial-{number}" if number is not None else str(trial.trial_id)
+
+    def close_all(self, reason: str) -> None:
+        """Marks the trials still open in the study FAIL as interrupted, not as bad configs (Ray stopped before
+        they reported), and queues their params again when the tuner retries stale trials."""
+        from tetra_lightning.tuner import storage
+
+        stale = getattr(storage, "STALE_PREFIX", "stale:")
+        for trial_id in list(self._open):
+            optuna_id = self._open[trial_id]
+            self._close_trial(trial_id, {ERROR_KEY: f"{stale} {reason}"}, True)
+            trial = self._study._storage.get_trial(optuna_id)
+            if self._tuner.retry_stale and trial.params:
+                self._study.enqueue_trial(dict(trial.params), user_attrs={storage.RETRY_OF_KEY: trial.number})
+
+    def _open_trial(self, trial_id: str, config: dict[str, Any]) -> None:
+        from optuna.trial import TrialState, create_trial
+
+        from tetra_lightning.tuner.space import snap_to_distribution
+        from tetra_lightning.tuner.storage import stamp_trial
+        from tetra_lightning.tuner.worker import Heartbeat
+
+        storage = self._study._storage
+        distributions = self._tuner.distributions
+        params = {name: snap_to_distribution(config[name], dist) for name, dist in distributions.items()}
+        key = self._optimizer.space.to_index(config) if self._optimizer is not None else None
+        waiting = self._waiting.get(key) if key is not None else None
+        if waiting:
+            optuna_id = waiting.pop(0)
+            storage.set_trial_state_values(optuna_id, state=TrialState.RUNNING)
+            for name, value in params.items():
+                dist = distributions[name]
+                storage.set_trial_param(optuna_id, name, dist.to_internal_repr(value), dist)
+        else:
+            template = create_trial(state=TrialState.RUNNING, params=params, distributions=distributions)
+            optuna_id = storage.create_new_trial(self._study._study_id, template_trial=template)
+        stamp_trial(storage, optuna_id)
+        # the driver beats for the trial while Ray runs it, so other tuners on the study see it alive
+        heartbeat = Heartbeat(storage, optuna_id)
+        heartbeat.__enter__()
+        self._heartbeats[trial_id] = heartbeat
+        self._open[trial_id] = optuna_id
+        self._numbers[trial_id] = storage.get_trial_number_from_id(optuna_id)
+
+    def _close_trial(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        import optuna
+
+        from tetra_lightning.tuner.trial import TrialOutcome
+
+        optuna_id = self._open.pop(trial_id, None)
+        if optuna_id is None:
+            return
+        heartbeat = self._heartbeats.pop(trial_id, None)
+        if heartbeat is not None:
+            heartbeat.__exit__(None, None, None)
+        result = dict(result or {})
+        status = result.get(STATUS_KEY)
+        value = _finite(result.get(self._tuner.monitor))
+        if status == "error" and self.abort_error is None:
+            self.abort_error = _load_exception(result.get(EXCEPTION_KEY), str(result.get(ERROR_KEY)))
+        if error or status not in ("complete", "pruned") or value is None:
+            reason = result.get(ERROR_KEY) or ("the Ray trial raised an error" if error else
+                                               f"the Ray trial reported no finite {self._tuner.monitor!r}")
+            outcome = TrialOutcome("failed", error=str(reason), traceback=str(result.get(TRACEBACK_KEY) or ""))
+        else:
+            outcome = TrialOutcome(status, value=value)
+        try:
+            epochs = json.loads(result.get(EPOCHS_KEY) or "{}")
+            outcome.epoch_values = {int(k): float(v) for k, v in epochs.items()}
+        except (TypeError, ValueError):
+            pass
+        outcome.duration_s = float(result.get(DURATION_KEY) or 0.0)
+        self._tuner._tell(self._study, optuna.trial.Trial(self._study, optuna_id), outcome)
+        if self._bar is not None:
+            self._bar.update(1 if outcome.status != "failed" else 0)
+            if math.isfinite(self.best_value):
+                self._bar.set_postfix({f"best {self._tuner.monitor}": f"{self.best_value:.4g}"})
+
+
+def _ray_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
+    """One Ray Tune trial of TetraOptTuner: the same ``run_trial`` as the local path, reported to Ray."""
+    from tetra_lightning.tuner.trial import TrialOutcome, run_trial
+
+    if payload["quiet"]:
+        for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    match = re.fullmatch(r"trial-(\d+)", tune.get_context().get_trial_name() or "")
+    number = int(match.group(1)) if match else 0
+    fit_args = payload["fit_args"]
+    params = {name: config[name] for name in payload["names"]}
+    bug = False
+    try:
+        outcome = run_trial(
+            params,
+            monitor=payload["monitor"],
+            mode=payload["mode"],
+            objective=payload["objective"],
+            study_name=payload["study_name"],
+            trial_number=number,
+            **fit_args,
+        )
+    except Exception as error:  # model_fn misuse (no LightningModule): a bug, raised by the driver as locally
+        bug = True
+        outcome = TrialOutcome(
+            "failed",
+            error=f"{type(error).__name__}: {error}",
+            traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            exception=error,
+        )
+    status: str = outcome.status
+    exception = ""
+    if status == "failed" and (bug or not isinstance(outcome.exception, payload["catch"])):
+        # reported, not raised: the driver records the trial with its traceback, stops the search and raises it
+        status = "error"
+        exception = _dump_exception(outcome.exception)
+    tune.report({
+        # a failed trial reports NaN: Ray requires the metric in every result, the searcher reads NaN as failed
+        payload["monitor"]: outcome.value if outcome.value is not None else math.nan,
+        STATUS_KEY: status,
+        EXCEPTION_KEY: exception,
+        ERROR_KEY: outcome.error or "",
+        TRACEBACK_KEY: outcome.traceback or "",
+        EPOCHS_KEY: json.dumps({str(k): v for k, v in outcome.epoch_values.items()}),
+        DURATION_KEY: outcome.duration_s,
+    })
+
+
+def _dump_exception(error: BaseException | None) -> str:
+    try:
+        return base64.b64encode(pickle.dumps(error)).decode("ascii")
+    except Exception:  # noqa: BLE001 - an unpicklable exception is re-raised as a RuntimeError with its text
+        return ""
+
+
+def _load_exception(data: Any, text: str) -> BaseException:
+    try:
+        error = pickle.loads(base64.b64decode(data))
+        if isinstance(error, BaseException):
+            return error
+    except Exception:  # noqa: BLE001 - see _dump_exception
+        pass
+    return RuntimeError(text)
+
+
+def _trial_resources(trainer_kwargs: Mapping[str, Any]) -> dict[str, float]:
+    """One CPU per trial, plus the GPUs its Trainer will use when the cluster has GPUs."""
+    gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    devices = trainer_kwargs.get("devices")
+    gpus = 0
+    if gpus_in_cluster and accelerator in ("auto", "gpu", "cuda"):
+        gpus = devices if isinstance(devices, int) and devices > 0 else 1
+    return {"cpu": 1, "gpu": gpus}
+
+
+def _storage_path(tuner: TetraOptTuner) -> str | None:
+    """Ray's results go next to a SQLite study (``<db folder>/ray_results``), else to Ray's default."""
+    url = getattr(tuner.storage, "url", tuner.storage)  # an RDBStorage, a URL or None
+    if isinstance(url, str) and url.startswith("sqlite:///") and ":memory:" not in url:
+        return str(Path(url[len("sqlite:///"):]).resolve().parent / "ray_results")
+    return None
+
+
+def fit_on_ray(
+    tuner: TetraOptTuner,
+    study: optuna.Study,
+    fit_args: dict[str, Any],
+    *,
+    done: int,
+    failures_left: int,
+) -> None:
+    """Runs up to ``slots`` more trials of ``tuner`` as Ray Tune trials driven by :class:`TetraOptSearch`.
+
+    Every trial is the tuner's ``run_trial`` (a fresh ``Trainer.fit``) in a Ray worker with one CPU (and one
+    GPU when the cluster has GPUs and ``trainer_kwargs`` asks for none other); at most ``tuner.n_jobs`` run at
+    once. Each trial is recorded in ``study`` when Ray hands out its config (RUNNING) and told when it
+    finishes, so the result, the log lines and the resume path are those of the local executor. Connects to
+    the running Ray instance (``ray.init(address=...)`` before ``fit``, or ``RAY_ADDRESS``) or starts a local
+    one for the call and stops it afterwards.
+
+    Args:
+        tuner: the tuner (its space, monitor, mode, seed, optimizer arguments, ``catch``, ``n_jobs``).
+        study: the tuner's study, already loaded and cleaned of stale trials.
+        fit_args: what ``TetraOptTuner.fit`` passes to ``run_trial`` (model_fn, data, trainer arguments).
+        done: COMPLETE + PRUNED trials of the study before this call; the call runs until ``tuner.budget``
+            minus the trials that other processes are running.
+        failures_left: failed trials tolerated before the search stops.
+
+    Raises:
+        Exception: a trial's exception when it is not an instance of ``tuner.catch``.
+    """
+    from optuna.trial import TrialState
+
+    from tetra_lightning.tuner.tuner import _progress
+
+    # RUNNING trials here belong to other live tuners (stale ones were failed by `fit`): they will finish
+    slots = tuner.budget - done - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if slots <= 0 or failures_left <= 0:
+        log.info("Study %r: no trial left to run on Ray (%d finished, %d failures left).", tuner.study_name, done,
+                 failures_left)
+        return
+    started = False
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=not tuner.quiet, configure_logging=False)
+        started = True
+    search: _StudySearch | None = None
+    try:
+        with _progress(tuner.progress_bar, tuner.budget, done, tuner.study_name) as bar:
+            search = _StudySearch(tuner, study, budget=slots, max_failures=failures_left, bar=bar)
+            payload = {
+                "fit_args": fit_args, "monitor": tuner.monitor, "mode": tuner.mode, "objective": tuner.objective,
+                "study_name": tuner.study_name, "catch": tuner.catch, "quiet": tuner.quiet,
+                "names": list(tuner.distributions),
+            }
+            trainable = tune.with_resources(
+                tune.with_parameters(_ray_trial, payload=payload), _trial_resources(fit_args["trainer_kwargs"])
+            )
+            ray_tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=search, num_samples=-1, max_concurrent_trials=tuner.n_jobs, reuse_actors=True,
+                    trial_name_creator=search.trial_name, trial_dirname_creator=search.trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{tuner.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    storage_path=_storage_path(tuner),
+                    verbose=0 if tuner.quiet else 1,
+                ),
+            )
+            ray_tuner.fit()
+        if search.abort_error is not None:
+            raise search.abort_error
+    finally:
+        if search is not None:
+            search.close_all("the Ray run stopped before this trial reported a result")
+        if started:
+            ray.shutdown()
