@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2000 images, 4 epochs, width 16")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--threshold", type=float, default=0.05)
+    parser.add_argument("--prior-weight", type=float, default=None, help="prior scale (default 5 / training images)")
+    parser.add_argument("--prior-a", type=float, default=1.0, help="GammaGaussianPrior shape a")
+    parser.add_argument("--prior-b", type=float, default=1e-4, help="GammaGaussianPrior rate b")
     parser.add_argument("--data", default=DATA)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -112,7 +115,8 @@ def main() -> None:
     auto = SmallCNN(width, epochs=epochs)
     dense_params = _params(auto)
     callback = LowRankCallback(
-        method="svd", rank=1024, prior=GammaGaussianPrior(a=1.0, b=1e-4), prior_weight=5.0 / n_train,
+        method="svd", rank=1024, prior=GammaGaussianPrior(a=args.prior_a, b=args.prior_b),
+        prior_weight=args.prior_weight if args.prior_weight is not None else 5.0 / n_train,
         threshold=args.threshold, shrink_epochs=shrink_epochs, verbose=False,
         filter_fn=lambda module, name: name != "features.0",  # the 3-channel stem stays dense
     )
@@ -144,7 +148,8 @@ def main() -> None:
     print("automatic ranks:", ranks)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     payload = {"quick": args.quick, "epochs": epochs, "train_images": n_train, "width": width,
-               "threshold": args.threshold, "shrink_epochs": shrink_epochs, "rows": rows}
+               "threshold": args.threshold, "prior": {"a": args.prior_a, "b": args.prior_b,
+                                                      "weight": args.prior_weight or 5.0 / n_train}, "shrink_epochs": shrink_epochs, "rows": rows}
     RESULTS.write_text(json.dumps(payload, indent=2))
     print(f"wrote {RESULTS}")
 
