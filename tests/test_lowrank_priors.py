@@ -153,7 +153,32 @@ def test_prior_gradient_shrinks_small_components_more():
     assert float(grad[1, 0] / weight[1, 0]) > 100 * float(grad[0, 0] / weight[0, 0])
 
 
+def test_hoyer_measure_is_scale_invariant_and_sparsifies_the_spectrum():
+    """Behind BatchNorm the weight's scale is free: Hoyer sees only the spectrum's shape, and lowers it by
+    moving energy into few components (so a relative threshold then removes the rest)."""
+    torch.manual_seed(0)
+    layer = SVDLinear.from_dense(nn.Linear(16, 12), rank=8)
+    hoyer = SVDTrainingRegularizer(sparsity=1.0, orthogonality=0.0, measure="hoyer")
+    value = float(hoyer.negative_log_prior(layer).detach())
+    s = torch.linalg.svdvals(layer.dense_weight().detach())[:8]
+    assert value == pytest.approx(float(s.sum() / s.norm()), rel=1e-4)
+    assert 1.0 <= value <= 8**0.5
+    with torch.no_grad():
+        layer.second.weight.mul_(3.0)
+    assert float(hoyer.negative_log_prior(layer).detach()) == pytest.approx(value, rel=1e-5)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        hoyer.negative_log_prior(layer).backward()
+        optimizer.step()
+    scales = component_scales(layer)[0].detach()
+    assert float(hoyer.negative_log_prior(layer).detach()) < 0.8 * value
+    assert int((scales > 0.1 * scales.max()).sum()) < 8
+
+
 def test_errors():
+    with pytest.raises(ValueError, match="`measure` of SVDTrainingRegularizer must be 'l1' or 'hoyer'"):
+        SVDTrainingRegularizer(measure="l2")
     with pytest.raises(ValueError, match="`a` of GammaGaussianPrior must be a float > 0"):
         GammaGaussianPrior(a=0.0)
     with pytest.raises(ValueError, match="`sparsity` of SVDTrainingRegularizer"):

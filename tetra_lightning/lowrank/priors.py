@@ -160,18 +160,24 @@ class GammaGaussianPrior:
 
 @dataclass
 class SVDTrainingRegularizer:
-    """SVD training (Yang et al., 2020): L1 on the singular values plus orthogonality of the factors.
+    """SVD training (Yang et al., 2020): sparsity of the singular values plus orthogonality of the factors.
 
-    ``sparsity * sum_r s_r + orthogonality * (||U^T U - I||_F^2 + ||V V^T - I||_F^2)`` with ``s_r`` the component
+    ``sparsity * h(s) + orthogonality * (||U^T U - I||_F^2 + ||V V^T - I||_F^2)`` with ``s`` the component
     scales and ``U``, ``V`` the factors with unit-norm columns/rows, so that the orthogonality term does not fight
-    the sparsity term over the scale. For TT layers the same terms apply to each bond.
+    the sparsity term over the scale. ``h`` is the L1 norm ``sum_r s_r`` (``measure="l1"``) or the Hoyer measure
+    ``sum_r s_r / ||s||_2`` (``measure="hoyer"``), which only sees the *shape* of the spectrum. Use Hoyer when a
+    normalization layer follows the factorized layer (a conv before BatchNorm): there the weight's scale does not
+    change the output, so an L1 (or any scale-sensitive) penalty shrinks every component together and the few
+    largest dominate a relative threshold; Hoyer is scale invariant and only moves energy between components.
+    For TT layers the same terms apply to each bond.
 
     Args:
-        sparsity: weight of the L1 norm of the component scales (>= 0).
+        sparsity: weight of the sparsity term (>= 0).
         orthogonality: weight of the orthogonality penalty (>= 0).
+        measure: ``"l1"`` or ``"hoyer"``.
 
     Raises:
-        ValueError: for a negative weight.
+        ValueError: for a negative weight or an unknown ``measure``.
 
     Example:
         >>> import torch
@@ -183,6 +189,7 @@ class SVDTrainingRegularizer:
 
     sparsity: float = 1e-3
     orthogonality: float = 1e-2
+    measure: str = "l1"
 
     def __post_init__(self) -> None:
         for key in ("sparsity", "orthogonality"):
@@ -191,6 +198,11 @@ class SVDTrainingRegularizer:
                 raise ValueError(
                     f"`{key}` of SVDTrainingRegularizer must be a float >= 0, got {value!r}. Pass e.g. 1e-3."
                 )
+        if self.measure not in ("l1", "hoyer"):
+            raise ValueError(
+                f"`measure` of SVDTrainingRegularizer must be 'l1' or 'hoyer', got {self.measure!r}. Pass measure='hoyer' "
+                "for layers followed by a normalization layer."
+            )
 
     def to_dict(self) -> dict[str, float | str]:
         return {"kind": "svd", **asdict(self)}
@@ -200,7 +212,11 @@ class SVDTrainingRegularizer:
         total: Tensor | None = None
         for left, right in bond_groups(layer):
             left_norms, right_norms = left.norm(dim=0), right.norm(dim=1)
-            term = self.sparsity * (left_norms * right_norms).sum()
+            scales = left_norms * right_norms
+            if self.measure == "hoyer":
+                term = self.sparsity * scales.sum() / scales.pow(2).sum().sqrt().clamp_min(1e-12)
+            else:
+                term = self.sparsity * scales.sum()
             if self.orthogonality > 0:
                 u = left / left_norms.clamp_min(1e-12)
                 v = right / right_norms.clamp_min(1e-12)[:, None]
