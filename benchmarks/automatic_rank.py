@@ -2,9 +2,12 @@
 
 A small CNN is trained from scratch twice for the same number of epochs:
 
-* ``automatic``: every conv/linear layer is an SVD layer at full rank from the start, trained with the low-rank
-  Gamma-Gaussian prior; components below the threshold are removed at the shrink epochs
-  (:class:`~tetra_lightning.callbacks.lowrank.LowRankCallback`).
+* ``automatic``: every conv/linear layer is an SVD layer at full rank from the start, trained with a rank-shrinking
+  prior; components below the threshold are removed at the shrink epochs
+  (:class:`~tetra_lightning.callbacks.lowrank.LowRankCallback`). ``--prior hoyer`` (default): SVD training's
+  Hoyer sparsity of the singular values (scale invariant, which the convs followed by BatchNorm need);
+  ``--prior gamma``: the low-rank Gamma-Gaussian prior of Hawkins & Zhang (with BatchNorm after every conv it
+  shrinks all components together and, at a relative threshold, collapses the ranks: see the results file).
 * ``post-hoc``: the dense network is trained, then each layer is truncated by SVD to the ranks the automatic run
   ended with (same final size), evaluated as is and after one epoch of fine-tuning.
 
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tetra_lightning.callbacks.lowrank import LowRankCallback
 from tetra_lightning.data import load_cifar10
 from tetra_lightning.decompose import SVDConfig, compress_
-from tetra_lightning.lowrank import GammaGaussianPrior, layer_ranks
+from tetra_lightning.lowrank import GammaGaussianPrior, SVDTrainingRegularizer, layer_ranks
 
 DATA = "/work/shared/data/cifar10/cifar10_subset_uint8.npz"
 RESULTS = Path(__file__).parent / "results" / "automatic_rank.json"
@@ -89,8 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2000 images, 4 epochs, width 16")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--threshold", type=float, default=0.05)
-    parser.add_argument("--prior-weight", type=float, default=None, help="prior scale (default 5 / training images)")
+    parser.add_argument("--prior", choices=("hoyer", "gamma"), default="hoyer")
+    parser.add_argument("--threshold", type=float, default=None, help="relative (default 0.1 hoyer, 0.05 gamma)")
+    parser.add_argument("--sparsity", type=float, default=0.025, help="Hoyer sparsity weight")
+    parser.add_argument("--prior-weight", type=float, default=None,
+                        help="prior scale (default 1 for hoyer, 5 / training images for gamma)")
     parser.add_argument("--prior-a", type=float, default=1.0, help="GammaGaussianPrior shape a")
     parser.add_argument("--prior-b", type=float, default=1e-4, help="GammaGaussianPrior rate b")
     parser.add_argument("--data", default=DATA)
@@ -114,10 +120,17 @@ def main() -> None:
     torch.manual_seed(0)
     auto = SmallCNN(width, epochs=epochs)
     dense_params = _params(auto)
+    if args.prior == "hoyer":
+        prior: Any = SVDTrainingRegularizer(sparsity=args.sparsity, orthogonality=0.0, measure="hoyer")
+        default_weight, default_threshold = 1.0, 0.1
+    else:
+        prior = GammaGaussianPrior(a=args.prior_a, b=args.prior_b)
+        default_weight, default_threshold = 5.0 / n_train, 0.05
+    prior_weight = args.prior_weight if args.prior_weight is not None else default_weight
+    threshold = args.threshold if args.threshold is not None else default_threshold
     callback = LowRankCallback(
-        method="svd", rank=1024, prior=GammaGaussianPrior(a=args.prior_a, b=args.prior_b),
-        prior_weight=args.prior_weight if args.prior_weight is not None else 5.0 / n_train,
-        threshold=args.threshold, shrink_epochs=shrink_epochs, verbose=False,
+        method="svd", rank=1024, prior=prior, prior_weight=prior_weight,
+        threshold=threshold, shrink_epochs=shrink_epochs, verbose=False,
         filter_fn=lambda module, name: name != "features.0",  # the 3-channel stem stays dense
     )
     _trainer(epochs, [callback]).fit(auto, loader)
@@ -148,8 +161,7 @@ def main() -> None:
     print("automatic ranks:", ranks)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     payload = {"quick": args.quick, "epochs": epochs, "train_images": n_train, "width": width,
-               "threshold": args.threshold, "prior": {"a": args.prior_a, "b": args.prior_b,
-                                                      "weight": args.prior_weight or 5.0 / n_train}, "shrink_epochs": shrink_epochs, "rows": rows}
+               "threshold": threshold, "prior": {"kind": args.prior, **prior.to_dict(), "weight": prior_weight}, "shrink_epochs": shrink_epochs, "rows": rows}
     RESULTS.write_text(json.dumps(payload, indent=2))
     print(f"wrote {RESULTS}")
 
