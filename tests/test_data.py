@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -9,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers.shared_data import CIFAR_DIR, CIFAR_PACKED, CIFAR_SUBSET
 from tetra_lightning.data import (
     CIFAR10_CLASSES,
     CIFAR10Arrays,
@@ -26,16 +26,7 @@ from tetra_lightning.data import (
 )
 from tetra_lightning.data import cifar10 as cifar10_module
 
-
-def _shared_cifar_dir() -> Path:
-    env = os.environ.get("TETRA_DATA_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "cifar10"
-
-
-CIFAR_DIR = _shared_cifar_dir()
-SUBSET = CIFAR_DIR / "cifar10_subset_uint8.npz"
-PACKED = CIFAR_DIR / "cifar10_jpeg_packed.npz"
+SUBSET, PACKED = CIFAR_SUBSET, CIFAR_PACKED
 needs_subset = pytest.mark.skipif(
     not SUBSET.is_file(), reason=f"shared CIFAR-10 subset not found at {SUBSET} (set TETRA_DATA_DIR)"
 )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
+from tests.helpers.shared_data import CIFAR_PACKED
 from tetra_lightning.callbacks import TensorCompressionCallback
 from tetra_lightning.data import DigitsDataModule
 from tetra_lightning.demo import (
@@ -24,14 +24,7 @@ from tetra_lightning.demo import (
 )
 from tetra_lightning.report import count_parameters
 
-
-def _shared_cifar_dir() -> Path:
-    env = os.environ.get("TETRA_DATA_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "cifar10"
-
-
-PACKED = _shared_cifar_dir() / "cifar10_jpeg_packed.npz"
+PACKED = CIFAR_PACKED
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from tests.helpers.shared_data import CIFAR_SUBSET
 from tetra_lightning import (
     PruningCallback,
     QuantizationCallback,
@@ -106,13 +106,7 @@ def test_add_callbacks_diff_is_the_marked_lines() -> None:
 # ------------------------------------------------------------------------------------------------ ResNet-18 CIFAR-10
 
 
-def _shared_cifar_dir() -> Path:
-    env = os.environ.get("TETRA_DATA_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "cifar10"
-
-
-SUBSET = _shared_cifar_dir() / "cifar10_subset_uint8.npz"
+SUBSET = CIFAR_SUBSET
 
 
 @pytest.mark.skipif(not SUBSET.is_file(), reason=f"shared CIFAR-10 subset not found at {SUBSET} (set TETRA_DATA_DIR)")
