@@ -161,11 +161,50 @@ def test_warm_start_points_are_used_but_not_counted() -> None:
         ({"local_fraction": 1.5}, r"`local_fraction` must be in \[0, 1\]"),
         ({"n_init": 0}, "`n_init` must be a positive int"),
         ({"learning_rate": 0.1}, "unknown option"),
+        ({"restart": -1}, "`restart` must be a non-negative int"),
+        ({"restart": 2.5}, "`restart` must be a non-negative int"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TetraOpt(SIX_BY_FIVE, **kwargs)
+
+
+def _two_basins(p: dict) -> float:
+    # a wide basin peaking at 0.6 around all-zeros and a narrow one peaking at 1.0 around all-fours
+    x = np.array([p[f"e{k}"] for k in range(6)])
+    return max(0.6 - 0.05 * float((x != 0).sum()), 1.0 - 0.25 * float((x != 4).sum()))
+
+
+def test_restarts_escape_a_deceptive_basin() -> None:
+    found = {}
+    for restart in (0, 40):
+        hits = []
+        for seed in range(6):
+            res = maximize(_two_basins, SIX_BY_FIVE, budget=200, seed=seed, restart=restart)
+            hits.append(res.best_value == 1.0)
+        found[restart] = sum(hits)
+    # without restarts most runs stay in the wide basin; with them, most find the narrow optimum
+    assert found[0] <= 2
+    assert found[40] >= 4
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_restart_after_stale_evaluations(fail: bool) -> None:
+    opt = TetraOpt(SIX_BY_FIVE, budget=100, seed=0, restart=10)
+    while params := opt.ask(3):
+        opt.tell(params, [math.nan if fail else 1.0] * len(params))
+    # constant values: each epoch is its first evaluation plus 10 without improvement; failures never improve
+    assert opt.n_restarts == (10 if fail else 9)
+    assert opt.n_evaluations == 100 and len(opt._cache) == 100
+    # replaying the history in one tell (as TetraOptSampler does) restarts at the same points
+    replay = TetraOpt(SIX_BY_FIVE, seed=1, restart=10)
+    replay.tell([h["params"] for h in opt.history], [h["value"] for h in opt.history])
+    assert replay.n_restarts == opt.n_restarts
+    off = TetraOpt(SIX_BY_FIVE, budget=100, seed=0, restart=0)
+    while params := off.ask(3):
+        off.tell(params, [1.0] * len(params))
+    assert off.n_restarts == 0
 
 
 def test_ask_and_tell_argument_errors() -> None:

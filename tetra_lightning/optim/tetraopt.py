@@ -7,7 +7,10 @@ Methods (``method=``):
   completion with a proximal ridge toward it) on a bootstrap resample of the (rank-transformed) values seen so far
   (Thompson sampling), then takes the surrogate's best unseen point, either among one-coordinate mutations of
   the incumbent (local search) or over the whole space (enumerated when small, else TT coordinate ascent from
-  the elite and random starts).
+  the elite and random starts). When the search has not improved its best for ``restart`` evaluations, it starts an
+  independent search epoch (a new balanced design, a surrogate fitted on the new epoch's points only), so a run
+  caught in a local optimum's basin spends the rest of its budget on a fresh search instead of around that basin;
+  the cache still keeps any point from being evaluated twice, and the best point is kept across epochs.
 - ``"ttopt"``: TT-cross with maxvol pivots on scores mapped so the incumbent dominates (TTOpt), rank-adaptive
   from rank 1 up to ``rank`` via rectangular maxvol, restarted from the incumbent when the sweeps stop producing
   new points.
@@ -96,7 +99,9 @@ class TetraOpt:
         local_fraction: share of ``tetra`` proposals restricted to one-coordinate mutations of the incumbent.
         warm_start: known ``(params, value)`` pairs used by the model but not counted in the budget and never
             proposed again.
-        options: method-specific settings: ``als_sweeps`` (2), ``prox`` (1.0), ``ridge`` (1.0) for ``tetra``;
+        options: method-specific settings: ``als_sweeps`` (2), ``prox`` (1.0), ``ridge`` (1.0), ``restart``
+            (evaluations without improvement before a new search epoch; default 2.5x the number of one-coordinate
+            neighbors of a point, at least 30; 0 turns restarts off) for ``tetra``;
             ``batch`` (10), ``elite`` (3), ``lr`` (0.1), ``gd_steps`` (3) for ``protes``.
 
     Raises:
@@ -139,7 +144,7 @@ class TetraOpt:
             raise ValueError(f"`local_fraction` must be in [0, 1], got {local_fraction!r}.")
         if n_init is not None and (not isinstance(n_init, (int, np.integer)) or n_init < 1):
             raise ValueError(f"`n_init` must be a positive int or None, got {n_init!r}.")
-        known = {"als_sweeps", "prox", "ridge", "local_elite", "clip", "batch", "elite", "lr", "gd_steps"}
+        known = {"als_sweeps", "prox", "ridge", "local_elite", "clip", "restart", "batch", "elite", "lr", "gd_steps"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for TetraOpt; known options are {sorted(known)}.")
@@ -192,6 +197,11 @@ class TetraOpt:
     def best_value(self) -> float:
         """Best value seen (``nan`` before the first successful evaluation)."""
         return self._cache[self._best_i] if self._best_i is not None else math.nan
+
+    @property
+    def n_restarts(self) -> int:
+        """Independent search epochs started after the search stalled (``method="tetra"``; 0 for the others)."""
+        return int(getattr(self._strategy, "n_restarts", 0))
 
     def remaining(self) -> int | None:
         """Evaluations that may still be asked (budget minus told and pending), ``None`` when unlimited."""
@@ -386,6 +396,17 @@ class _TetraStrategy(_Strategy):
         if self.sweeps < 0 or self.prox <= 0 or self.ridge <= 0:
             raise ValueError("`als_sweeps` must be >= 0 and `prox`, `ridge` > 0, got "
                              f"als_sweeps={self.sweeps}, prox={self.prox}, ridge={self.ridge}.")
+        n_neighbors = sum(s - 1 for s in opt.space.sizes)
+        restart = opt.options.get("restart", max(30, round(2.5 * n_neighbors)))
+        if isinstance(restart, bool) or not isinstance(restart, (int, np.integer)) or restart < 0:
+            raise ValueError(f"`restart` must be a non-negative int (0 turns restarts off), got {restart!r}.")
+        self.restart = int(restart)
+        self.n_restarts = 0
+        self._epoch_start = 0  # position in opt._ok_index where the current search epoch starts
+        self._epoch_best = -math.inf
+        self._stale = 0  # evaluations since the epoch's best last improved
+        self._told = 0  # history entries processed
+        self._n_ok = len(opt._ok_index)  # successful points processed (warm starts belong to the first epoch)
         self._design = self._balanced_design(opt.n_init)
         # a surrogate fit costs ~ the number of TT modes: on long chains one fit serves several proposals so the
         # overhead per point stays small (1 on NAS-Bench-201's 6 modes, 4 on 20 modes)
@@ -394,6 +415,29 @@ class _TetraStrategy(_Strategy):
         if "als_sweeps" not in opt.options and n_modes > 10:
             self.sweeps = 1
         self._queue: list[np.ndarray] = []
+
+    def observe(self, indices: list[tuple[int, ...]], scores: list[float]) -> None:
+        # walk the history point by point (failures included), so telling a batch at once, or replaying a whole
+        # study as Optuna's sampler does, restarts at the same points as telling one by one
+        opt = self.opt
+        for h in opt.history[self._told:]:
+            if h["value"] is not None:
+                self._n_ok += 1
+                score = opt._sign * h["value"]
+                if score > self._epoch_best:
+                    self._epoch_best, self._stale = score, 0
+                else:
+                    self._stale += 1
+            else:
+                self._stale += 1
+            if self.restart and self._stale >= self.restart:
+                # the epoch has stalled (typically in a local optimum's basin): start an independent one
+                self.n_restarts += 1
+                self._epoch_start = self._n_ok
+                self._epoch_best, self._stale = -math.inf, 0
+                self._design = self._balanced_design(opt.n_init)
+                self._queue.clear()
+        self._told = len(opt.history)
 
     def _balanced_design(self, n: int) -> list[np.ndarray]:
         # every dimension cycles through its values in random order: each value appears ~n/size times
@@ -453,6 +497,7 @@ class _TetraStrategy(_Strategy):
                 out.append(row)
                 taken.add(t)
         x, y = opt._data()
+        x, y = x[self._epoch_start:], y[self._epoch_start:]  # the current epoch's points (warm starts in the first)
         if len(out) >= n or len(y) < 2:
             return out
         # failures are modelled as the worst score seen, so their region is avoided
