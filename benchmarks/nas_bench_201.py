@@ -13,6 +13,9 @@ Usage:
     python benchmarks/nas_bench_201.py                 # full: 100 seeds, 3 datasets, budgets 25/50/100/200
     python benchmarks/nas_bench_201.py --quick         # 5 seeds, cifar10 only, no TPE
     python benchmarks/nas_bench_201.py --seeds 20 --tpe-seeds 10 --methods tetra,random,evolution
+    # ablation: TetraOpt variants side by side, each under its own label, in one file
+    python benchmarks/nas_bench_201.py --methods tetra --tetra-kwargs '{"restart": 0}' --label "restart=0" \
+        --merge --out benchmarks/results/nas_bench_201_ablation.json
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -193,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", default=os.environ.get("TETRA_NB201_TABLE", str(DEFAULT_TABLE)))
     parser.add_argument("--tetra-kwargs", default="{}", help="JSON kwargs for TetraOpt")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    parser.add_argument("--label", default=None, help="store TetraOpt's results under this name (ablations)")
+    parser.add_argument("--merge", action="store_true",
+                        help="update an existing --out JSON: replace only the methods run now, keep the others")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nas_bench_201.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     tpe_seeds = args.tpe_seeds or args.seeds
     tetra_kwargs = json.loads(args.tetra_kwargs)
     methods = args.methods.split(",")
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "protocol": {
             "search_signal": "12-epoch validation accuracy (cifar10-valid x-valid / x-valid)",
             "reported": "200-epoch test accuracy of the cell with the best search signal among the first B unique "
@@ -219,6 +226,14 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": {},
     }
+    if args.merge and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        if old["protocol"]["budgets"] != list(budgets):
+            raise SystemExit(f"--merge: {args.out} has budgets {old['protocol']['budgets']}, not {list(budgets)}; "
+                             "use the same --budgets or another --out.")
+        results["results"] = old["results"]
+        results["protocol"]["runs"] = old["protocol"].get("runs", [])
+    label = {"tetra": args.label or "tetra"}
     datasets = args.datasets.split(",")
     jobs = []
     for dataset in datasets:
@@ -231,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     outputs = dict(zip(jobs, run_jobs(jobs, args.workers), strict=True))
     for dataset in datasets:
         bench = _bench(dataset, args.table)
-        res: dict[str, object] = {"top0.1%_threshold": bench.threshold, "optimum_test": float(bench.test.max())}
+        res: dict[str, Any] = results["results"].get(dataset, {})
+        res.update({"top0.1%_threshold": bench.threshold, "optimum_test": float(bench.test.max())})
         for method in methods:
             summary: dict[str, dict[str, float]] = {}
             seconds = 0.0
@@ -241,12 +257,18 @@ def main(argv: list[str] | None = None) -> None:
                 seconds += sum(t for _, t in mine)
                 summary.update(summarize(bench, [c for c, _ in mine], (b,) if len(per_budget) > 1 else budgets))
             n_runs = next(iter(summary.values()))["n_runs"]
-            res[method] = {"budgets": summary, "seconds_per_run": round(seconds / max(1, n_runs * len(per_budget)), 3)}
+            res[label.get(method, method)] = {
+                "budgets": summary, "seconds_per_run": round(seconds / max(1, n_runs * len(per_budget)), 3),
+                "seeds": n_runs, "tetra_kwargs": tetra_kwargs if method == "tetra" else None}
             line = "  ".join(f"B={b}: {v['mean']:.2f}±{v['std']:.2f} ({100 * v['top0.1%_rate']:.0f}%)"
                              for b, v in summary.items())
-            print(f"{dataset:15s} {method:17s} {line}   [{seconds / max(1, n_runs):.2f}s/run]", flush=True)
-        results["results"][dataset] = res  # type: ignore[index]
-    results["protocol"]["wall_seconds"] = round(time.perf_counter() - t_all, 1)  # type: ignore[index]
+            print(f"{dataset:15s} {label.get(method, method):17s} {line}   [{seconds / max(1, n_runs):.2f}s/run]", flush=True)
+        results["results"][dataset] = res
+    wall = round(time.perf_counter() - t_all, 1)
+    results["protocol"]["wall_seconds"] = wall
+    results["protocol"].setdefault("runs", []).append({
+        "argv": sys.argv[1:] if argv is None else argv, "methods": [label.get(m, m) for m in methods],
+        "datasets": datasets, "wall_seconds": wall, "workers": args.workers, "cpus": os.cpu_count()})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     Path(args.out).with_suffix(".md").write_text(markdown(results))
@@ -258,6 +280,10 @@ def markdown(results: dict) -> str:
     lines = ["# NAS-Bench-201: final 200-epoch test accuracy (%) of the best-by-12-epoch-validation cell", "",
              f"mean ± std over {proto['seeds']} seeds (TPE: {proto['tpe_seeds']}); in parentheses: share of runs "
              "ending on a top-0.1% cell. " + proto["prefix_rule"] + ".", ""]
+    for run in proto.get("runs", []):
+        lines.append(f"- run `{' '.join(run['argv'])}` ({run.get('cpus', '?')} CPUs): {', '.join(run['methods'])}"
+                     + (f". {run['note']}" if run.get("note") else ""))
+    lines.append("")
     for dataset, res in results["results"].items():
         budgets = proto["budgets"]
         lines.append(f"## {dataset} (optimum {res['optimum_test']:.2f}, top-0.1% threshold "
@@ -274,6 +300,10 @@ def markdown(results: dict) -> str:
                 cells.append(f"{v['mean']:.2f} ± {v['std']:.2f} ({100 * v['top0.1%_rate']:.0f}%)")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        kwargs = {m: r["tetra_kwargs"] for m, r in res.items() if isinstance(r, dict) and r.get("tetra_kwargs")}
+        if kwargs:
+            lines.append("TetraOpt options: " + "; ".join(f"{m}: `{json.dumps(k)}`" for m, k in kwargs.items()))
+            lines.append("")
     return "\n".join(lines)
 
 
