@@ -54,6 +54,40 @@ def test_concurrent_trials_get_distinct_points_of_one_batch():
     assert len(points) == 4
 
 
+class _FinishesBetweenReads:
+    """A study whose trials change between two reads: the first read still sees a trial RUNNING, later reads see
+    it COMPLETE (another worker told it in between)."""
+
+    def __init__(self, study: optuna.Study, before: list) -> None:
+        self._study, self._before = study, before
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        trials, self._before = (self._before, None) if self._before is not None else (
+            self._study.get_trials(deepcopy=False), None)
+        return [t for t in trials if states is None or t.state in states]
+
+
+def test_a_trial_finishing_while_another_samples_is_not_proposed_again():
+    from tetra_lightning.optim import TetraOpt
+
+    space = {"c": Categorical(["a", "b"])}
+    first = TetraOpt(space, seed=0).ask(1)[0]["c"]  # what an empty history proposes first
+    sampler = TetraOptSampler(space, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"c": first})
+    other = study.ask()
+    other.suggest_categorical("c", ["a", "b"])
+    before = study.get_trials(deepcopy=True)  # `other` RUNNING with its point
+    study.tell(other, 1.0)  # ... and done a moment later
+    mine = study.ask()
+    dists = {"c": optuna.distributions.CategoricalDistribution(["a", "b"])}
+    proposal = sampler.sample_relative(_FinishesBetweenReads(study, before), mine._cached_frozen_trial, dists)
+    assert proposal == {"c": "b" if first == "a" else "a"}
+
+
 def test_a_fresh_sampler_rebuilds_the_state_from_the_history(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=storage, study_name="q", sampler=TetraOptSampler(SPACE, seed=3))

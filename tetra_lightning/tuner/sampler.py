@@ -128,8 +128,11 @@ class TetraOptSampler(BaseSampler):
         fixed = trial.system_attrs.get("fixed_params") or {}
         if set(search_space) <= set(fixed):
             return {}  # an enqueued trial: its params are given
-        optimizer = self.build_optimizer(study, search_space)
-        busy, ahead = self._busy(study, trial, search_space)
+        # one snapshot for both: read apart, a trial finishing in between would be neither in the history nor
+        # busy, and its point could be proposed again
+        trials = study.get_trials(deepcopy=False)
+        optimizer = self.build_optimizer(study, search_space, trials=trials)
+        busy, ahead = self._busy(trials, trial, search_space)
         proposals = optimizer.ask(1 + len(busy) + ahead)
         free = [p for p in proposals if self._key(p, optimizer.space) not in busy]
         if not free:
@@ -152,12 +155,14 @@ class TetraOptSampler(BaseSampler):
         self._fallback.after_trial(study, trial, state, values)
 
     # ----------------------------------------------------------------- state
-    def build_optimizer(self, study: optuna.Study, search_space: dict[str, BaseDistribution]) -> Any:
+    def build_optimizer(self, study: optuna.Study, search_space: dict[str, BaseDistribution],
+                        trials: list[FrozenTrial] | None = None) -> Any:
         """Returns a TetraOpt over ``search_space`` that has been told every finished trial of the study.
 
         Args:
             study: the study whose history is replayed.
             search_space: the relative search space (Optuna distributions).
+            trials: a snapshot of the study's trials to replay (default: read them from the study now).
 
         Returns:
             The ``tetra_lightning.optim.TetraOpt``.
@@ -169,7 +174,9 @@ class TetraOptSampler(BaseSampler):
         optimizer = TetraOpt(space, budget=None, seed=self._seed, direction=direction, **self._optimizer_kwargs)
         params, values = [], []
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        for past in sorted(study.get_trials(deepcopy=False, states=finished), key=lambda t: t.number):
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)
+        for past in sorted((t for t in trials if t.state in finished), key=lambda t: t.number):
             point = self._point(past, search_space, space)
             if point is None:
                 continue
@@ -200,14 +207,14 @@ class TetraOptSampler(BaseSampler):
         return tuple(space.to_index(params))
 
     def _busy(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+        self, trials: list[FrozenTrial], trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> tuple[set[tuple[int, ...]], int]:
         """Grid points held by other RUNNING/WAITING trials, and how many earlier trials are still sampling."""
         space = self._tetra_space(search_space)
         busy: set[tuple[int, ...]] = set()
         ahead = 0
-        for other in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-            if other.number == trial.number:
+        for other in trials:
+            if other.state not in (TrialState.RUNNING, TrialState.WAITING) or other.number == trial.number:
                 continue
             params = dict(other.params) or dict(other.system_attrs.get("fixed_params") or {})
             if set(search_space) <= set(params):
