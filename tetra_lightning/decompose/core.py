@@ -12,6 +12,12 @@ from torch import nn
 from tetra_lightning.decompose.base import FactorizedLayer
 from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, TTConfig, TuckerConfig
 from tetra_lightning.decompose.cp import CPConv2d
+from tetra_lightning.decompose.embedding import (
+    embedding_unsupported,
+    tt_embedding_from_config,
+    tt_embedding_kwargs,
+    tt_embedding_params,
+)
 from tetra_lightning.decompose.ranks import (
     check_method,
     factorized_param_count,
@@ -316,13 +322,6 @@ def compress_(
 def _compress_embedding(
     model: nn.Module, name: str, module: nn.Embedding, config: DecompositionConfig, explicit: bool
 ) -> dict[str, Any]:
-    from tetra_lightning.decompose.embedding import (
-        embedding_unsupported,
-        tt_embedding_from_config,
-        tt_embedding_kwargs,
-        tt_embedding_params,
-    )
-
     reason = embedding_unsupported(module, config)
     if reason is not None:
         if explicit:
