@@ -15,6 +15,7 @@ Nothing here knows about tensor decompositions: the pruning callback reuses the 
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +26,13 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from tetra_lightning.checkpoint import (
+    CompressibleMixin,
+    history_from_checkpoint,
+    replay_history,
+    replay_sections,
+)
 
 __all__ = [
     "OptimizerRebuild",
@@ -282,20 +290,13 @@ def install_restore_hook(pl_module: pl.LightningModule) -> None:
     the weights the shapes they need. The class's own hook is wrapped, so several structural callbacks install
     the same wrapper; modules using :class:`~tetra_lightning.checkpoint.CompressibleMixin` need none.
     """
-    from tetra_lightning.checkpoint import (
-        CompressibleMixin,
-        history_from_checkpoint,
-        replay_history,
-        replay_qat,
-    )
-
     if isinstance(pl_module, CompressibleMixin):
         return
     original = type(pl_module).on_load_checkpoint.__get__(pl_module)
 
     def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
         replay_history(pl_module, history_from_checkpoint(checkpoint))
-        replay_qat(pl_module, checkpoint)
+        replay_sections(pl_module, checkpoint)
         original(checkpoint)
 
     pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
@@ -311,14 +312,10 @@ def replay_from_trainer_ckpt(trainer: pl.Trainer, pl_module: pl.LightningModule)
 
     ``fit(ckpt_path=...)`` is only resolved after ``setup``; :func:`install_restore_hook` covers that case.
     """
-    import os
-
-    from tetra_lightning.checkpoint import history_from_checkpoint, replay_history, replay_qat
-
     if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
         checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
         replay_history(pl_module, history_from_checkpoint(checkpoint))
-        replay_qat(pl_module, checkpoint)
+        replay_sections(pl_module, checkpoint)
 
 
 def first_input(batch: Any) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tetra_lightning.checkpoint import DEFAULT_KIND, register_history_kind
 from tetra_lightning.decompose.base import FactorizedLayer
 from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, TTConfig, TuckerConfig
 from tetra_lightning.decompose.cp import CPConv2d
@@ -448,3 +449,7 @@ def recompose_(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict
             }
         )
     return history
+
+
+# compress_, recompose_ and shrink_ entries: named layers rebuilt from their specs (see restore_structure).
+register_history_kind(DEFAULT_KIND, restore_structure, ("name", "method", "spec", "ranks", "skipped"))

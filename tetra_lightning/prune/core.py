@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tetra_lightning.checkpoint import register_history_kind
+
 __all__ = ["IMPORTANCES", "output_layers", "prune_", "pruned_shapes", "restore_pruned_structure"]
 
 #: Channel-importance criteria accepted by :func:`prune_`.
@@ -450,3 +452,7 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
                 "Replay the history on a freshly constructed model of the same architecture."
             )
     return model
+
+
+# prune_ entries: the recorded channel slices, removed again (see restore_pruned_structure).
+register_history_kind("prune", restore_pruned_structure, ("kind", "ops"))

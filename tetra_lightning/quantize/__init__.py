@@ -9,6 +9,7 @@ from tetra_lightning.quantize.core import (
     export_model,
     prepare_int8,
     quantize_,
+    restore_qat,
     strip_unused_tensors,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "export_model",
     "prepare_int8",
     "quantize_",
+    "restore_qat",
     "strip_unused_tensors",
 ]

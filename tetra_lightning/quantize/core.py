@@ -31,12 +31,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from tetra_lightning.checkpoint import register_checkpoint_section
+
 __all__ = [
     "MODES",
     "convert_int8",
     "export_model",
     "prepare_int8",
     "quantize_",
+    "restore_qat",
     "strip_unused_tensors",
 ]
 
@@ -113,6 +116,51 @@ def prepare_int8(model: nn.Module, example_inputs: Any, is_qat: bool = False) ->
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=is_qat))
     prepare = prepare_qat_pt2e if is_qat else prepare_pt2e
     return prepare(captured, quantizer)
+
+
+def restore_qat(model: nn.Module, spec: dict[str, Any]) -> bool:
+    """Prepares ``model``'s submodule for QAT again, as a checkpoint's ``"qat"`` section records it.
+
+    Registered as the replay of the ``"qat"`` checkpoint section (see
+    :func:`~tetra_lightning.checkpoint.replay_qat`): the recorded submodule is captured and prepared with
+    ``prepare_qat_pt2e`` on zero inputs of the recorded shapes, so the fake-quantized weights and observer buffers
+    of the checkpoint load strictly.
+
+    Args:
+        model: the freshly constructed model (after its structural history was replayed).
+        spec: ``{"submodule": name, "inputs": [{"shape": [...], "dtype": "float32"}, ...]}``.
+
+    Returns:
+        ``True`` when the submodule was prepared now, ``False`` when it is already prepared or ``model`` has no
+        submodule of that name.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4))
+        >>> restore_qat(net, {"submodule": "0", "inputs": [{"shape": [2, 4], "dtype": "float32"}]})
+        True
+        >>> type(net[0]).__name__
+        'GraphModule'
+    """
+    name = str(spec["submodule"])
+    try:
+        current = model.get_submodule(name)
+    except AttributeError:
+        return False
+    if isinstance(current, torch.fx.GraphModule):
+        return False
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    example = tuple(
+        torch.zeros(tuple(int(d) for d in item["shape"]), dtype=getattr(torch, str(item["dtype"])))
+        for item in spec["inputs"]
+    )
+    was_training = current.training
+    prepared = prepare_int8(current, example, is_qat=True)
+    allow_exported_model_train_eval(prepared)  # Lightning switches train/eval around validation
+    prepared.train(was_training)
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, prepared)
+    return True
 
 
 def convert_int8(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -273,3 +321,6 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike[
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
     return str(path)
+
+
+register_checkpoint_section("qat", restore_qat)
