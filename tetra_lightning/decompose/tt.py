@@ -388,7 +388,8 @@ def khrulkov_init_(factors: Sequence[Tensor], ranks: Sequence[int], variance: fl
 
     Example:
         >>> import torch
-        >>> cores = [torch.empty(1, 64, 8), torch.empty(8, 64, 1)]
+        >>> _ = torch.manual_seed(0)
+        >>> cores = [torch.empty(1, 512, 8), torch.empty(8, 512, 1)]
         >>> khrulkov_init_(cores, [8], variance=0.5)
         >>> round(float((cores[0][0] @ cores[1][:, :, 0]).var()), 1)
         0.5
