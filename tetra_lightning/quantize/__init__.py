@@ -1,4 +1,4 @@
-"""Int8 (torchao PT2E, X86InductorQuantizer) and reduced-precision deployment: ``quantize_int8``, ``quantize_``, ``export_model``."""
+"""Int8 (torchao PT2E, X86InductorQuantizer) and reduced precision: ``quantize_int8``, ``quantize_``, ``export_model``."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ Which path, and why (torch 2.14 + torchao 0.18, CPU):
   holds int8 weights only (about 4x smaller). Its ops are ``quantized_decomposed`` q/dq pairs around float
   kernels: small on disk, and fast only once lowered (``torch.compile`` with Inductor fuses them into int8
   kernels on x86).
-* :func:`quantize_` changes a model in place. ``mode="int8_weight_only"``: torchao ``quantize_(model, Int8WeightOnlyConfig())``, ``nn.Linear`` only (torchao
+* :func:`quantize_` changes a model in place. ``mode="int8_weight_only"``: torchao
+  ``quantize_(model, Int8WeightOnlyConfig())``, ``nn.Linear`` only (torchao
   does not quantize convs on CPU).
 * ``mode="fp16"`` / ``"bf16"``: the parameters are cast; hooks cast floating inputs to that dtype and outputs
   back to float32, so callers keep feeding float32.
