@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tetra_lightning.callbacks import LowRankCallback, PruningCallback, TensorCompressionCallback
-from tetra_lightning.callbacks._staged import StageSchedule, StagedRewriteCallback
+from tetra_lightning.callbacks._staged import StagedRewriteCallback, StageSchedule
 from tetra_lightning.prune import PruneConfig
 
 

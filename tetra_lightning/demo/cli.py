@@ -17,7 +17,8 @@ DESCRIPTION = "The main job, offline: tune a small CNN with TetraOpt, then compr
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point of ``python -m tetra_lightning.demo`` (see :mod:`tetra_lightning.demo`)."""
     parser = argparse.ArgumentParser(
-        description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m tetra_lightning.demo", description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", default="digits", choices=DATASETS)
     parser.add_argument("--data-dir", default=None,
