@@ -14,10 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lint(config: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
-    cli = pytest.importorskip("importlinter.cli", reason="the [dev] extra installs import-linter")
+    # importing the CLI module configures import-linter; its `lint_imports` command is not called because it
+    # reconfigures logging for the whole process (disabling the loggers other tests capture)
+    pytest.importorskip("importlinter.cli", reason="the [dev] extra installs import-linter")
+    from importlinter.application import use_cases
+
     monkeypatch.chdir(config.parent)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # lint_imports puts the working directory first
-    return cli.lint_imports(config_filename=str(config), no_cache=True, no_logo=True) == cli.EXIT_STATUS_SUCCESS
+    monkeypatch.setattr(sys, "path", [str(config.parent), *sys.path])
+    return use_cases.lint_imports(config_filename=str(config), cache_dir=None, no_logo=True)
 
 
 def test_import_contracts_are_kept(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
