@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check tetra_lightning tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -10,7 +10,7 @@ prefix such as ``net.``). Then:
   ``TensorCompressionCallback`` (:func:`~tetra_lightning.decompose.allocation.allocate_ranks`, then
   :func:`~tetra_lightning.decompose.allocation.choose_method` per layer for ``--method auto``, then
   :func:`~tetra_lightning.decompose.compress_`), optionally fine-tuned;
-* **int8**: static PT2E int8 (:func:`tetra_lightning.quantize.quantize_` ``mode="int8"``) calibrated on a few
+* **int8**: static PT2E int8 (:func:`tetra_lightning.quantize.quantize_int8`) calibrated on a few
   training batches;
 * **decomposed+int8**: the (fine-tuned) decomposed model quantized the same way.
 
@@ -65,7 +65,7 @@ from tetra_lightning.decompose import compress_, config_from_dict  # noqa: E402
 from tetra_lightning.decompose.allocation import allocate_ranks, choose_method  # noqa: E402
 from tetra_lightning.models import cifar_resnet18  # noqa: E402
 from tetra_lightning.prune import prune_  # noqa: E402
-from tetra_lightning.quantize import export_model, quantize_  # noqa: E402
+from tetra_lightning.quantize import export_model, quantize_int8  # noqa: E402
 from tetra_lightning.report import count_macs, count_parameters, measure_latency  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,7 +276,7 @@ def make_int8(net: nn.Module, arrays: Any, args: argparse.Namespace) -> nn.Modul
     generator = torch.Generator().manual_seed(args.seed + 7)
     order = torch.randperm(arrays.x_train.shape[0], generator=generator)
     batches = [to_input(arrays.x_train[order[i * 64:(i + 1) * 64]]) for i in range(args.calibration_batches)]
-    return Int8Module(quantize_(net.eval(), batches[0], mode="int8", calibration=batches))
+    return Int8Module(quantize_int8(net.eval(), batches[0], calibration=batches))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -130,3 +130,14 @@ def test_callback_errors(tmp_path):
 
     with pytest.raises(MisconfigurationException, match="found no SVD/TT layer"):
         LowRankCallback(rank=None).setup(_trainer(tmp_path, [], 1), Empty(), "fit")
+
+
+def test_trainer_misconfigurations(tmp_path):
+    """The checks every staged callback makes: the last shrink before max_epochs, a strategy that is not sharded."""
+    with pytest.raises(MisconfigurationException, match=r"would shrink the ranks at epoch 3 \(shrink_epochs=\[1, 3\]\)"
+                       r" but the Trainer stops after max_epochs=3"):
+        _trainer(tmp_path, [_callback(shrink_epochs=[3, 1])], max_epochs=3).fit(BoringConvModule(width=8))
+    trainer = _trainer(tmp_path, [], max_epochs=3)
+    trainer.strategy.__class__ = type("FSDPStrategy", (type(trainer.strategy),), {})
+    with pytest.raises(MisconfigurationException, match=r"LowRankCallback supports single-device and DDP strategies"):
+        _callback().setup(trainer, BoringConvModule(width=8), "fit")

@@ -9,6 +9,7 @@ from torch import nn
 from tests.helpers.models import TinyResNet
 from tetra_lightning.decompose import TuckerConfig, compress_
 from tetra_lightning.prune import (
+    PruneConfig,
     output_layers,
     prune_,
     replay_history,
@@ -106,3 +107,38 @@ def test_output_layer_is_kept_and_ignored_layers() -> None:
 def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         prune_(TinyResNet(), X, **kwargs)
+
+
+def test_prune_config_and_keywords_prune_the_same_channels() -> None:
+    config = PruneConfig(pruning_ratio=0.4, importance="l2", round_to=4, ignored_layers=("conv1",))
+    by_config, by_keywords, by_module = TinyResNet(), TinyResNet(), TinyResNet()
+    history = prune_(by_config, X, config)
+    again = prune_(by_keywords, X, pruning_ratio=0.4, importance="l2", round_to=4, ignored_layers=["conv1"])
+    with_module = prune_(by_module, X, pruning_ratio=0.4, importance="l2", round_to=4,
+                         ignored_layers=[by_module.conv1])  # modules become names
+    assert history[0]["ops"] == again[0]["ops"] == with_module[0]["ops"]
+    assert history[0]["config"] == config.to_dict() == with_module[0]["config"]
+    assert PruneConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert by_config.conv1.out_channels == 16 and count_parameters(by_config) == count_parameters(by_keywords)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: PruneConfig(max_pruning_ratio=1.5), ValueError, r"`max_pruning_ratio` must be in \(0, 1\], got 1.5"),
+        (lambda: PruneConfig(ignored_layers="fc"), TypeError, r"`ignored_layers` must be a sequence of module names"),
+        (lambda: PruneConfig(global_pruning=1), TypeError, r"`global_pruning` must be a bool, got 1"),
+        (lambda: PruneConfig(target_params_ratio="4"), TypeError, r"`target_params_ratio` must be a number > 1"),
+        (lambda: PruneConfig.from_dict({"ratio": 0.5}), ValueError, r"Unknown PruneConfig field\(s\) \['ratio'\]"),
+        (lambda: prune_(TinyResNet(), X, 0.5), TypeError, r"`config` must be a PruneConfig, got float 0.5"),
+        (lambda: prune_(TinyResNet(), X, PruneConfig(), round_to=4), TypeError,
+         r"Pass either `config` or its fields as keywords, not both"),
+        (lambda: prune_(TinyResNet(), X, pruning_rate=0.5), TypeError,
+         r"prune_ got unknown keyword argument\(s\) \['pruning_rate'\]"),
+        (lambda: prune_(TinyResNet(), X, ignored_layers=[nn.Linear(2, 2)]), ValueError,
+         r"`ignored_layers` holds a Linear that is not a submodule of the model"),
+    ],
+)
+def test_prune_config_bad_inputs(make, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()

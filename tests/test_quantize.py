@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests.helpers.boring import BoringConvNet
-from tetra_lightning.quantize import export_model, quantize_
+from tetra_lightning.quantize import export_model, quantize_, quantize_int8
 from tetra_lightning.report import count_bytes
 
 
@@ -62,3 +62,27 @@ def test_unknown_mode() -> None:
         ValueError, match=r"`mode` must be one of 'int8', 'int8_weight_only', 'fp16', 'bf16', got 'int4'"
     ):
         quantize_(BoringConvNet(), torch.randn(1, 3, 8, 8), mode="int4")
+
+
+def test_int8_is_a_new_module_and_the_old_mode_warns() -> None:
+    torch.manual_seed(0)
+    model = BoringConvNet().eval()
+    x = torch.randn(8, 3, 8, 8)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    quantized = quantize_int8(model, x, calibration=[x])
+    assert quantized is not model and type(model.head).__name__ == "Linear"
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())  # untouched
+    with pytest.warns(DeprecationWarning, match=r"call quantize_int8\(model, example_inputs, calibration\)"):
+        old = quantize_(model, x, mode="int8", calibration=[x])
+    assert torch.equal(old(x), quantized(x))  # the old call still gives the same int8 model
+
+
+@pytest.mark.parametrize("mode", ["int8_weight_only", "fp16", "bf16"])
+def test_quantize_changes_the_model_in_place(mode: str) -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).train()
+    x = torch.randn(4, 64)
+    reference = model.eval()(x)
+    model.train()
+    assert quantize_(model, x, mode=mode) is model and not model.training
+    assert torch.allclose(model(x), reference, atol=0.05)
+    assert model[0].weight.dtype != torch.float32 or "Int8" in type(model[0].weight).__name__

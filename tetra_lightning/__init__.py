@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     # data
     "CIFAR10DataModule": "tetra_lightning.data",
     "DigitsDataModule": "tetra_lightning.data",
+    "HeldOutDigitsDataModule": "tetra_lightning.data",
     "load_cifar10": "tetra_lightning.data",
     # black-box tensor-train optimizer
     "TetraOpt": "tetra_lightning.optim",
@@ -76,6 +77,8 @@ _EXPORTS: dict[str, str] = {
     "TetraOptSearch": "tetra_lightning.tuner.ray",  # needs the [ray] extra
     # reference models
     "cifar_resnet18": "tetra_lightning.models",
+    "DigitsCNN": "tetra_lightning.models",
+    "CIFARResNet18": "tetra_lightning.models",
     # callbacks and checkpoints
     "TensorCompressionCallback": "tetra_lightning.callbacks",
     "PruningCallback": "tetra_lightning.callbacks",
@@ -83,8 +86,10 @@ _EXPORTS: dict[str, str] = {
     "LowRankCallback": "tetra_lightning.callbacks",
     # pruning and quantization cores
     "prune_": "tetra_lightning.prune",
+    "PruneConfig": "tetra_lightning.prune",
     "restore_pruned_structure": "tetra_lightning.prune",
     "quantize_": "tetra_lightning.quantize",
+    "quantize_int8": "tetra_lightning.quantize",
     "export_model": "tetra_lightning.quantize",
     # tensorized layers trained from scratch and rank-shrinking priors
     "TTEmbedding": "tetra_lightning.lowrank",
@@ -125,7 +130,12 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         TensorCompressionCallback,
     )
     from tetra_lightning.checkpoint import CompressibleMixin, restore_from_checkpoint
-    from tetra_lightning.data import CIFAR10DataModule, DigitsDataModule, load_cifar10
+    from tetra_lightning.data import (
+        CIFAR10DataModule,
+        DigitsDataModule,
+        HeldOutDigitsDataModule,
+        load_cifar10,
+    )
     from tetra_lightning.decompose import (
         CPConfig,
         CPConv2d,
@@ -160,7 +170,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         tt_embedding_from,
         tt_linear,
     )
-    from tetra_lightning.models import cifar_resnet18
+    from tetra_lightning.models import CIFARResNet18, DigitsCNN, cifar_resnet18
     from tetra_lightning.nas import (
         NASBench201Objective,
         NATSBenchObjective,
@@ -179,8 +189,8 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         maximize,
         minimize,
     )
-    from tetra_lightning.prune import prune_, restore_pruned_structure
-    from tetra_lightning.quantize import export_model, quantize_
+    from tetra_lightning.prune import PruneConfig, prune_, restore_pruned_structure
+    from tetra_lightning.quantize import export_model, quantize_, quantize_int8
     from tetra_lightning.report import (
         ModelReport,
         compare,

@@ -15,31 +15,48 @@ Two ways to use it:
 * Any ``nn.Module``: ``restore_from_checkpoint(model, path)`` replays the history and loads the weights.
 
 The checkpoint holds only plain Python types and tensors, so ``torch.load(path, weights_only=True)`` reads it.
+
+This module knows no transformation itself: each core registers how its entries are identified and replayed
+(:func:`register_history_kind`: ``"decompose"`` by :mod:`tetra_lightning.decompose`, ``"prune"`` by
+:mod:`tetra_lightning.prune`) and how a checkpoint section is rebuilt (:func:`register_checkpoint_section`:
+``"qat"`` by :mod:`tetra_lightning.quantize`). A checkpoint may be loaded in a process that never imported the
+core that wrote it, so the built-in kinds name their provider package (:data:`BUILTIN_PROVIDERS`), imported by
+name on first use, the way entry points are; a new kind only has to register itself.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
+    "BUILTIN_PROVIDERS",
     "CHECKPOINT_KEY",
+    "DEFAULT_KIND",
     "HISTORY_STATE_KEY",
     "CompressibleMixin",
+    "HistoryKind",
     "applied_history",
     "entry_key",
+    "entry_kind",
     "history_from_checkpoint",
     "history_to_tensor",
+    "history_kind",
     "is_prune_entry",
     "qat_from_checkpoint",
     "record_history",
+    "register_checkpoint_section",
+    "register_history_kind",
     "replay_history",
     "replay_qat",
+    "replay_sections",
     "restore_from_checkpoint",
 ]
 
@@ -49,6 +66,123 @@ CHECKPOINT_KEY = "tetra_lightning"
 HISTORY_STATE_KEY = "_tetra_lightning_history"
 # Name of the plain attribute on a module that lists the history entries already applied to it.
 _APPLIED_ATTR = "_tetra_applied_history"
+#: Kind of the history entries without a ``"kind"`` key (``compress_``, ``recompose_``, ``shrink_``).
+DEFAULT_KIND = "decompose"
+#: Package that registers each built-in history kind and checkpoint section when it is imported.
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "decompose": "tetra_lightning.decompose",
+    "prune": "tetra_lightning.prune",
+    "qat": "tetra_lightning.quantize",
+}
+
+SectionReplay = Callable[[nn.Module, Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class HistoryKind:
+    """How the history entries of one kind are identified and replayed.
+
+    Attributes:
+        name: the kind, ``entry["kind"]`` (entries without the key are of kind :data:`DEFAULT_KIND`).
+        replay: ``replay(model, entries)`` rebuilds the structure of consecutive entries of this kind on
+            ``model`` in place (no data, no example input).
+        key_fields: the entry's keys that identify the rewrite; measurements (errors, counts) are left out.
+
+    Example:
+        >>> kind = history_kind("prune")
+        >>> kind.key_fields
+        ('kind', 'ops')
+    """
+
+    name: str
+    replay: Callable[[nn.Module, Sequence[Mapping[str, Any]]], Any]
+    key_fields: tuple[str, ...]
+
+
+_HISTORY_KINDS: dict[str, HistoryKind] = {}
+_SECTIONS: dict[str, SectionReplay] = {}
+
+
+def register_history_kind(
+    name: str, replay: Callable[[nn.Module, Sequence[Mapping[str, Any]]], Any], key_fields: Sequence[str]
+) -> HistoryKind:
+    """Registers how history entries of kind ``name`` are replayed (called by the core that writes them).
+
+    Args:
+        name: the value of ``entry["kind"]`` (:data:`DEFAULT_KIND` for entries without one).
+        replay: ``replay(model, entries)``, rebuilding the structure of consecutive entries of this kind.
+        key_fields: keys that identify an entry (see :func:`entry_key`).
+
+    Returns:
+        The registered :class:`HistoryKind` (registering the same name again replaces it).
+
+    Raises:
+        TypeError: if ``replay`` is not callable.
+
+    Example:
+        >>> from torch import nn
+        >>> kind = register_history_kind("noop", lambda model, entries: model, ["kind", "layer"])
+        >>> replay_history(nn.Linear(2, 2), [{"kind": "noop", "layer": "fc"}])
+        [{'kind': 'noop', 'layer': 'fc'}]
+    """
+    if not callable(replay):
+        raise TypeError(f"`replay` must be callable as replay(model, entries), got {replay!r}.")
+    kind = HistoryKind(str(name), replay, tuple(key_fields))
+    _HISTORY_KINDS[kind.name] = kind
+    return kind
+
+
+def register_checkpoint_section(name: str, replay: SectionReplay) -> None:
+    """Registers how ``checkpoint["tetra_lightning"][name]`` is rebuilt on a fresh model after the history.
+
+    Args:
+        name: the section's key.
+        replay: ``replay(model, section) -> bool``, True when it changed the model.
+
+    Raises:
+        TypeError: if ``replay`` is not callable.
+
+    Example:
+        >>> register_checkpoint_section("note", lambda model, section: False)
+    """
+    if not callable(replay):
+        raise TypeError(f"`replay` must be callable as replay(model, section), got {replay!r}.")
+    _SECTIONS[str(name)] = replay
+
+
+def _load_provider(name: str) -> None:
+    provider = BUILTIN_PROVIDERS.get(name)
+    if provider is not None and name not in _HISTORY_KINDS and name not in _SECTIONS:
+        importlib.import_module(provider)
+
+
+def history_kind(name: str) -> HistoryKind:
+    """The registered :class:`HistoryKind` named ``name`` (a built-in kind's provider is imported first).
+
+    Raises:
+        ValueError: for a kind that no imported module registered.
+
+    Example:
+        >>> history_kind("decompose").key_fields
+        ('name', 'method', 'spec', 'ranks', 'skipped')
+    """
+    _load_provider(name)
+    if name not in _HISTORY_KINDS:
+        raise ValueError(
+            f"No replay is registered for history entries of kind {name!r} (registered: {sorted(_HISTORY_KINDS)}). "
+            "Import the module that wrote them (it calls `register_history_kind`) before loading the checkpoint."
+        )
+    return _HISTORY_KINDS[name]
+
+
+def entry_kind(entry: Mapping[str, Any]) -> str:
+    """The kind of a history entry: ``entry["kind"]``, or :data:`DEFAULT_KIND` for decomposition entries.
+
+    Example:
+        >>> entry_kind({"kind": "prune"}), entry_kind({"name": "fc", "method": "svd"})
+        ('prune', 'decompose')
+    """
+    return str(entry.get("kind", DEFAULT_KIND))
 
 
 def is_prune_entry(entry: Mapping[str, Any]) -> bool:
@@ -68,10 +202,7 @@ def entry_key(entry: Mapping[str, Any]) -> str:
         >>> entry_key({"kind": "prune", "ops": [["fc", "out", [1]]], "params_after": 3})
         '{"kind": "prune", "ops": [["fc", "out", [1]]]}'
     """
-    if is_prune_entry(entry):
-        structural = {"kind": "prune", "ops": entry.get("ops")}
-    else:
-        structural = {key: entry.get(key) for key in ("name", "method", "spec", "ranks", "skipped")}
+    structural = {key: entry.get(key) for key in history_kind(entry_kind(entry)).key_fields}
     return json.dumps(structural, sort_keys=True, default=str)
 
 
@@ -132,13 +263,15 @@ def replay_history(model: nn.Module, history: list[dict[str, Any]]) -> list[dict
     Args:
         model: a fresh dense model, or one that already went through a prefix of ``history``.
         history: the full structural history: entries of :func:`~tetra_lightning.decompose.compress_`,
-            ``recompose_`` and :func:`~tetra_lightning.prune.prune_`, in the order they were applied.
+            ``recompose_``, :func:`~tetra_lightning.prune.prune_` or any registered kind, in the order they were
+            applied.
 
     Returns:
         The entries that were replayed now (empty when the model already has the structure).
 
     Raises:
-        ValueError: if the model went through a different history (e.g. it was compressed differently).
+        ValueError: if the model went through a different history (e.g. it was compressed differently), or for
+            an entry of a kind nothing registered.
 
     Example:
         >>> replay_history(nn.Linear(4, 4), [])
@@ -152,22 +285,14 @@ def replay_history(model: nn.Module, history: list[dict[str, Any]]) -> list[dict
             "constructed (dense) model."
         )
     pending = [dict(entry) for entry in history[len(applied) :]]
-    decompositions: list[dict[str, Any]] = []
+    # Consecutive entries of one kind are replayed together, each run where it happened in the history.
+    run: list[dict[str, Any]] = []
     for entry in [*pending, None]:
-        # Consecutive decomposition entries are replayed together (restore_structure re-resolves names);
-        # pruning entries in between are replayed where they happened.
-        if entry is not None and not is_prune_entry(entry):
-            decompositions.append(entry)
-            continue
-        if decompositions:
-            from tetra_lightning.decompose import restore_structure
-
-            restore_structure(model, decompositions)
-            decompositions = []
+        if run and (entry is None or entry_kind(entry) != entry_kind(run[0])):
+            history_kind(entry_kind(run[0])).replay(model, run)
+            run = []
         if entry is not None:
-            from tetra_lightning.prune.core import restore_pruned_structure
-
-            restore_pruned_structure(model, [entry])
+            run.append(entry)
     if pending:
         record_history(model, pending)
     return pending
@@ -185,13 +310,40 @@ def qat_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(spec) if spec else None
 
 
+def replay_sections(model: nn.Module, checkpoint: Mapping[str, Any]) -> list[str]:
+    """Rebuilds every registered section of ``checkpoint["tetra_lightning"]`` on ``model`` (after the history).
+
+    Args:
+        model: the freshly constructed model (after :func:`replay_history`).
+        checkpoint: the loaded checkpoint dict.
+
+    Returns:
+        The names of the sections that changed the model.
+
+    Example:
+        >>> replay_sections(nn.Linear(2, 2), {"state_dict": {}})
+        []
+    """
+    section = checkpoint.get(CHECKPOINT_KEY) or {}
+    changed = []
+    for name, value in section.items():
+        if name == "history" or not value:
+            continue
+        _load_provider(name)
+        replay = _SECTIONS.get(name)
+        if replay is not None and replay(model, dict(value)):
+            changed.append(name)
+    return changed
+
+
 def replay_qat(model: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
     """Re-creates the fake-quantized (PT2E QAT) network a checkpoint written during QAT holds.
 
     A checkpoint saved after ``QuantizationCallback(qat_start_epoch=k)`` started fake quantization stores the
     weights and observer buffers of the prepared ``torch.fx.GraphModule``; a freshly constructed float model has
-    none of them. This prepares the same submodule again (PT2E ``prepare_qat_pt2e`` on inputs of the recorded
-    shapes) so that the checkpoint's state dict loads strictly. Call it after :func:`replay_history`.
+    none of them. The ``"qat"`` section's replay (registered by :mod:`tetra_lightning.quantize`) prepares the same
+    submodule again on inputs of the recorded shapes, so that the state dict loads strictly. Call it after
+    :func:`replay_history`.
 
     Args:
         model: the freshly constructed model (after its structural history was replayed).
@@ -209,28 +361,8 @@ def replay_qat(model: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
     spec = qat_from_checkpoint(checkpoint)
     if spec is None:
         return False
-    name = str(spec["submodule"])
-    try:
-        current = model.get_submodule(name)
-    except AttributeError:
-        return False
-    if isinstance(current, torch.fx.GraphModule):
-        return False
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-
-    from tetra_lightning.quantize import prepare_int8
-
-    example = tuple(
-        torch.zeros(tuple(int(d) for d in item["shape"]), dtype=getattr(torch, str(item["dtype"])))
-        for item in spec["inputs"]
-    )
-    was_training = current.training
-    prepared = prepare_int8(current, example, is_qat=True)
-    allow_exported_model_train_eval(prepared)  # Lightning switches train/eval around validation
-    prepared.train(was_training)
-    parent, _, attribute = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attribute, prepared)
-    return True
+    _load_provider("qat")
+    return bool(_SECTIONS["qat"](model, spec))
 
 
 def restore_from_checkpoint(
@@ -277,7 +409,7 @@ def restore_from_checkpoint(
     else:
         checkpoint = torch.load(checkpoint_or_path, map_location="cpu", weights_only=True)
     replay_history(model, history_from_checkpoint(checkpoint))
-    replay_qat(model, checkpoint)
+    replay_sections(model, checkpoint)
     if load_weights:
         if state_dict_key not in checkpoint:
             raise KeyError(
@@ -322,7 +454,7 @@ class CompressibleMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert isinstance(self, nn.Module)
         replay_history(self, history_from_checkpoint(checkpoint))
-        replay_qat(self, checkpoint)
+        replay_sections(self, checkpoint)
         parent = super()
         if hasattr(parent, "on_load_checkpoint"):
             parent.on_load_checkpoint(checkpoint)  # type: ignore[misc]

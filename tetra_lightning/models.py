@@ -1,8 +1,19 @@
-"""Reference models used by the benchmarks and examples."""
+"""Reference models used by the demo, the benchmarks and the examples.
+
+:func:`cifar_resnet18` is a plain ``nn.Module``; :class:`DigitsCNN` and :class:`CIFARResNet18` are small
+LightningModules (cross-entropy, Nesterov SGD, cosine schedule) that the demo tunes and compresses and that the
+examples train.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+__all__ = ["CIFARResNet18", "DigitsCNN", "cifar_resnet18"]
 
 
 def cifar_resnet18(num_classes: int = 10, width: float = 1.0) -> nn.Module:
@@ -83,3 +94,95 @@ def _rescale(model: nn.Module, mapping: dict[int, int]) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
+class _Classifier(LightningModule):
+    """Cross-entropy training of ``self.net`` with SGD (Nesterov) and a cosine schedule over ``max_epochs``.
+
+    Logs ``{train,val,test}_loss`` and ``{train,val,test}_acc`` per epoch. Subclasses build ``self.net`` (the one
+    child with parameters, which :class:`~tetra_lightning.callbacks.QuantizationCallback` quantizes) and save
+    ``lr`` and ``weight_decay`` as hyperparameters.
+    """
+
+    net: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", on_epoch=True, on_step=False)
+        self.log(f"{stage}_acc", acc, prog_bar=stage != "train", on_epoch=True, on_step=False)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(
+            self.parameters(), lr=self.hparams.lr, momentum=0.9, nesterov=True,
+            weight_decay=self.hparams.weight_decay,
+        )
+        max_epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 10
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class DigitsCNN(_Classifier):
+    """A small CNN for 8x8 digit images, trained with SGD and a cosine schedule.
+
+    Args:
+        width: channels of the first conv; later convs use 2x and 4x.
+        lr: peak learning rate of SGD.
+        num_classes: number of output classes.
+        weight_decay: L2 penalty of SGD.
+
+    Example:
+        >>> model = DigitsCNN(width=8)
+        >>> model(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, width: int = 32, lr: float = 0.05, num_classes: int = 10, weight_decay: float = 5e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * w, num_classes),
+        )
+
+
+class CIFARResNet18(_Classifier):
+    """The CIFAR-style ResNet-18 of :func:`tetra_lightning.models.cifar_resnet18`, optionally narrower.
+
+    Args:
+        width: channel multiplier (``0.25``: 16/32/64/128 channels, 0.70M parameters; ``1.0``: 11.17M).
+        lr: peak learning rate of SGD.
+        num_classes: number of output classes.
+        weight_decay: L2 penalty of SGD.
+
+    Example:
+        >>> model = CIFARResNet18(width=0.0625)
+        >>> model(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, width: float = 0.25, lr: float = 0.1, num_classes: int = 10, weight_decay: float = 5e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = cifar_resnet18(num_classes=num_classes, width=width)

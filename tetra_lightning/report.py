@@ -52,7 +52,8 @@ class ModelReport:
         trainable_params: number of parameters with ``requires_grad=True``.
         bytes: storage of parameters plus buffers, in bytes.
         bytes_by_dtype: ``bytes`` split by dtype name, e.g. ``{"float32": 220}``.
-        macs: multiply-accumulates of one forward pass on the example input (whole batch).
+        macs: multiply-accumulates of one forward pass on the example input (whole batch); ``None`` when no
+            example input was given.
         latency_ms: median forward time in milliseconds, or ``None`` when latency was not measured.
         latency_repeats: number of timed forward passes behind ``latency_ms`` (0 when not measured).
         device: device the model was measured on, e.g. ``"cpu"`` or ``"cuda:0"``.
@@ -63,16 +64,16 @@ class ModelReport:
     trainable_params: int
     bytes: int
     bytes_by_dtype: dict[str, int] = field(default_factory=dict)
-    macs: int = 0
+    macs: int | None = 0
     latency_ms: float | None = None
     latency_repeats: int = 0
     device: str = "cpu"
     batch_size: int = 1
 
     @property
-    def macs_per_sample(self) -> float:
-        """MACs of one sample (``macs / batch_size``)."""
-        return self.macs / max(self.batch_size, 1)
+    def macs_per_sample(self) -> float | None:
+        """MACs of one sample (``macs / batch_size``), ``None`` when MACs were not measured."""
+        return None if self.macs is None else self.macs / max(self.batch_size, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-safe dict of every field.
@@ -91,9 +92,12 @@ class ModelReport:
             ("size", _human_bytes(self.bytes)),
         ]
         rows += [(f"  {dtype}", _human_bytes(n)) for dtype, n in sorted(self.bytes_by_dtype.items())]
+        macs = "not measured" if self.macs is None else (
+            f"{_human_count(self.macs)} (batch {self.batch_size}, {_human_count(self.macs / max(self.batch_size, 1))}"
+            "/sample)"
+        )
         rows += [
-            ("MACs", f"{_human_count(self.macs)} (batch {self.batch_size}, "
-                     f"{_human_count(self.macs_per_sample)}/sample)"),
+            ("MACs", macs),
             ("latency", "not measured" if self.latency_ms is None
              else f"{self.latency_ms:.3f} ms median of {self.latency_repeats} on {self.device}"),
         ]
@@ -225,7 +229,7 @@ def measure_latency(model: nn.Module, example_input: Any, repeats: int = 20, war
 
 def model_report(
     model: nn.Module,
-    example_input: Any,
+    example_input: Any = None,
     latency: bool = True,
     repeats: int = 20,
     warmup: int = 5,
@@ -236,7 +240,8 @@ def model_report(
     Args:
         model: the module to measure; it stays on its device and its training flag is restored.
         example_input: a tensor, a tuple/list of positional inputs, or a dict of keyword inputs. Its first tensor's
-            leading dimension is reported as the batch size.
+            leading dimension is reported as the batch size. ``None``: only parameters and bytes are measured
+            (``macs`` and ``latency_ms`` stay ``None``).
         latency: also time the forward pass (see :func:`measure_latency`).
         repeats: timed passes for the latency median.
         warmup: untimed passes before timing.
@@ -256,6 +261,8 @@ def model_report(
         (224, 110592)
         >>> report.latency_ms > 0
         True
+        >>> model_report(nn.Linear(4, 2), print_table=False).macs is None  # sizes only
+        True
     """
     total_bytes, by_dtype = count_bytes(model)
     report = ModelReport(
@@ -263,11 +270,11 @@ def model_report(
         trainable_params=count_parameters(model, trainable_only=True),
         bytes=total_bytes,
         bytes_by_dtype=by_dtype,
-        macs=count_macs(model, example_input),
+        macs=None if example_input is None else count_macs(model, example_input),
         device=str(_module_device(model)),
         batch_size=_batch_size(example_input),
     )
-    if latency:
+    if latency and example_input is not None:
         report.latency_ms = measure_latency(model, example_input, repeats=repeats, warmup=warmup)
         report.latency_repeats = repeats
     if print_table:

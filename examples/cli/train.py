@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LightningCLI
 
 from tetra_lightning.data import DigitsDataModule
-from tetra_lightning.demo import DigitsCNN
+from tetra_lightning.models import DigitsCNN
 
 
 def main(args: Sequence[str] | None = None, run: bool = True) -> LightningCLI:

@@ -10,11 +10,14 @@ A callback that replaces modules in the middle of ``fit`` must keep four things 
 4. the rank-zero log (callers use ``trainer.is_global_zero``).
 
 Nothing here knows about tensor decompositions: the pruning callback reuses the same helpers.
+:func:`after_rewrite` runs 1.-3. in order; the flow that decides, broadcasts and records a rewrite lives in
+:mod:`tetra_lightning.callbacks._staged`.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,22 +25,37 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tetra_lightning.checkpoint import (
+    HISTORY_STATE_KEY,
+    CompressibleMixin,
+    history_from_checkpoint,
+    history_to_tensor,
+    replay_history,
+    replay_sections,
+)
+
 __all__ = [
     "OptimizerRebuild",
+    "after_rewrite",
     "broadcast_module_state",
     "broadcast_object",
+    "check_strategy",
     "first_input",
     "install_restore_hook",
     "is_distributed",
+    "is_spawned",
     "optimizer_parameters",
     "rebuild_optimizers",
     "remove_restore_hook",
     "replay_from_trainer_ckpt",
     "rewrap_ddp",
+    "ship_history_with_state_dict",
 ]
 
 T = TypeVar("T")
@@ -271,6 +289,72 @@ def rewrap_ddp(trainer: pl.Trainer) -> bool:
     return True
 
 
+def after_rewrite(trainer: pl.Trainer, pl_module: pl.LightningModule) -> OptimizerRebuild:
+    """Makes the Trainer consistent with a module whose structure just changed (every rank calls it).
+
+    Moves the module to the strategy's device, gives every rank rank 0's weights (:func:`broadcast_module_state`),
+    wraps it in a new DDP (:func:`rewrap_ddp`) and rebuilds the optimizers (:func:`rebuild_optimizers`).
+
+    Returns:
+        What :func:`rebuild_optimizers` did.
+
+    Raises:
+        RuntimeError: if the trainer is not fitting.
+    """
+    pl_module.to(trainer.strategy.root_device)
+    if is_distributed(trainer):
+        broadcast_module_state(pl_module)
+    rewrap_ddp(trainer)
+    return rebuild_optimizers(trainer)
+
+
+def check_strategy(trainer: pl.Trainer, owner: str) -> None:
+    """Raises ``MisconfigurationException`` unless the strategy is single-device or DDP (not sharded).
+
+    A structural rewrite replaces parameters that FSDP / DeepSpeed would hold as shards.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> check_strategy(pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False), "X")
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or type(strategy).__name__.startswith(
+        ("FSDP", "DeepSpeed")
+    ):
+        raise MisconfigurationException(
+            f"{owner} supports single-device and DDP strategies ('ddp', 'ddp_spawn', ...), got "
+            f"{type(strategy).__name__}. Use strategy='ddp' or compress before sharding."
+        )
+
+
+def is_spawned(trainer: pl.Trainer) -> bool:
+    """Whether the Trainer's processes were spawned (``ddp_spawn``): the launching process then only gets weights.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> is_spawned(pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False))
+        False
+    """
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return getattr(launcher, "_start_method", None) is not None
+
+
+def ship_history_with_state_dict(pl_module: pl.LightningModule, history: list[dict[str, Any]]) -> None:
+    """Puts ``history`` into ``pl_module.state_dict()`` under :data:`~tetra_lightning.checkpoint.HISTORY_STATE_KEY`.
+
+    With ``ddp_spawn`` the launching process loads a worker's ``state_dict`` into its own, unchanged model with
+    ``strict=False``; :class:`~tetra_lightning.checkpoint.CompressibleMixin` replays the history found there
+    first, so the shapes fit (a plain module ignores the extra key).
+    """
+    blob = history_to_tensor(history)
+
+    def add_history(module: nn.Module, state: dict[str, Any], prefix: str, local: Any) -> None:
+        if not prefix:
+            state[HISTORY_STATE_KEY] = blob
+
+    pl_module._register_state_dict_hook(add_history)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # structure restore on resume (shared by every structural callback)
 # ----------------------------------------------------------------------------------------------------------
@@ -282,20 +366,13 @@ def install_restore_hook(pl_module: pl.LightningModule) -> None:
     the weights the shapes they need. The class's own hook is wrapped, so several structural callbacks install
     the same wrapper; modules using :class:`~tetra_lightning.checkpoint.CompressibleMixin` need none.
     """
-    from tetra_lightning.checkpoint import (
-        CompressibleMixin,
-        history_from_checkpoint,
-        replay_history,
-        replay_qat,
-    )
-
     if isinstance(pl_module, CompressibleMixin):
         return
     original = type(pl_module).on_load_checkpoint.__get__(pl_module)
 
     def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
         replay_history(pl_module, history_from_checkpoint(checkpoint))
-        replay_qat(pl_module, checkpoint)
+        replay_sections(pl_module, checkpoint)
         original(checkpoint)
 
     pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
@@ -311,14 +388,10 @@ def replay_from_trainer_ckpt(trainer: pl.Trainer, pl_module: pl.LightningModule)
 
     ``fit(ckpt_path=...)`` is only resolved after ``setup``; :func:`install_restore_hook` covers that case.
     """
-    import os
-
-    from tetra_lightning.checkpoint import history_from_checkpoint, replay_history, replay_qat
-
     if trainer.ckpt_path and os.path.isfile(str(trainer.ckpt_path)):
         checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
         replay_history(pl_module, history_from_checkpoint(checkpoint))
-        replay_qat(pl_module, checkpoint)
+        replay_sections(pl_module, checkpoint)
 
 
 def first_input(batch: Any) -> torch.Tensor | None:

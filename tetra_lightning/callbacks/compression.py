@@ -8,44 +8,37 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from tetra_lightning.callbacks._surgery import (
-    broadcast_module_state,
-    broadcast_object,
-    first_input,
-    install_restore_hook,
-    is_distributed,
-    rebuild_optimizers,
-    remove_restore_hook,
-    replay_from_trainer_ckpt,
-    rewrap_ddp,
+from tetra_lightning.callbacks._checks import check_filter_fn, check_int, check_number, is_int
+from tetra_lightning.callbacks._staged import (
+    StageChange,
+    StagedRewriteCallback,
+    StageSchedule,
+    format_summary,
 )
-from tetra_lightning.checkpoint import (
-    CHECKPOINT_KEY,
-    applied_history,
-    record_history,
-    replay_history,
+from tetra_lightning.decompose import FactorizedLayer, compress_, recompose_
+from tetra_lightning.decompose.allocation import (
+    ALLOCATIONS,
+    allocate_ranks,
+    choose_method,
+    compressible_layers,
+    fisher_weights,
 )
+from tetra_lightning.report import ModelReport
 
 __all__ = ["TensorCompressionCallback"]
 
-_METHODS = ("auto", "svd", "cp", "tucker", "tt")
+_AUTO = "auto"
+_METHODS = (_AUTO, "svd", "cp", "tucker", "tt")
 _RATIO_METRICS = ("params", "bytes")
-_TABLE_COLUMNS = ("stage", "name", "method", "ranks", "params_before", "params_after", "rel_error")
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class TensorCompressionCallback(Callback):
+class TensorCompressionCallback(StagedRewriteCallback):
     """Decomposes the model's layers mid-training to reach a whole-model compression ratio, then fine-tunes.
 
     The model trains dense for ``start_epoch`` epochs. At the start of epoch ``start_epoch`` (never during the
@@ -140,6 +133,10 @@ class TensorCompressionCallback(Callback):
         True
     """
 
+    metric_prefix = "compression"
+    action = "decompose"
+    table_columns = ("stage", "name", "method", "ranks", "params_before", "params_after", "rel_error")
+
     def __init__(
         self,
         method: str = "auto",
@@ -160,8 +157,6 @@ class TensorCompressionCallback(Callback):
         example_input: Any = None,
         verbose: bool = True,
     ) -> None:
-        from tetra_lightning.decompose.allocation import ALLOCATIONS
-
         if method not in _METHODS:
             raise ValueError(
                 f"`method` must be one of {', '.join(map(repr, _METHODS))}, got {method!r}. "
@@ -176,21 +171,9 @@ class TensorCompressionCallback(Callback):
                 f"`target_ratio` must be > 1 (dense size / compressed size of the whole model), got {target_ratio}. "
                 "Pass e.g. target_ratio=4.5 for a model 4.5 times smaller."
             )
-        if not _is_int(start_epoch) or start_epoch < 0:
-            raise ValueError(
-                f"`start_epoch` must be an int >= 0, got {start_epoch!r}. Pass e.g. start_epoch=1 to train dense "
-                "for one epoch first."
-            )
-        if not _is_int(steps) or steps < 1:
-            raise ValueError(
-                f"`steps` must be an int >= 1, got {steps!r}. Pass steps=1 for one-shot compression."
-            )
-        if not _is_int(epochs_between_steps) or epochs_between_steps < 1:
-            raise ValueError(
-                f"`epochs_between_steps` must be an int >= 1, got {epochs_between_steps!r}. Pass e.g. 1."
-            )
-        last_stage = start_epoch + (steps - 1) * epochs_between_steps
-        if recompose_epoch is not None and (not _is_int(recompose_epoch) or recompose_epoch <= last_stage):
+        schedule = StageSchedule.regular(start_epoch, steps, epochs_between_steps)
+        last_stage = schedule.epochs[-1]  # type: ignore[index]
+        if recompose_epoch is not None and (not is_int(recompose_epoch) or recompose_epoch <= last_stage):
             raise ValueError(
                 f"`recompose_epoch` must be None or an int after the last compression stage (epoch {last_stage}), "
                 f"got {recompose_epoch!r}. Pass e.g. recompose_epoch={last_stage + 1}."
@@ -200,30 +183,21 @@ class TensorCompressionCallback(Callback):
                 f"`ratio_metric` must be one of {', '.join(map(repr, _RATIO_METRICS))}, got {ratio_metric!r}. "
                 "Pass ratio_metric='params' or 'bytes'."
             )
-        if filter_fn is not None and not callable(filter_fn):
-            raise TypeError(
-                f"`filter_fn` must be callable as filter_fn(module, fqn) -> bool, got {filter_fn!r}."
-            )
-        unknown = [m for m in auto_methods if m not in _METHODS or m == "auto"]
+        check_filter_fn(filter_fn)
+        unknown = [m for m in auto_methods if m not in _METHODS or m == _AUTO]
         if not auto_methods or unknown:
             raise ValueError(
                 f"`auto_methods` must be a non-empty subset of 'svd', 'cp', 'tucker', 'tt', got {tuple(auto_methods)}."
             )
-        if not _is_int(min_layer_params) or min_layer_params < 0:
-            raise ValueError(f"`min_layer_params` must be an int >= 0, got {min_layer_params!r}.")
+        check_int("min_layer_params", min_layer_params, 0)
         if allocation not in ALLOCATIONS:
             raise ValueError(
                 f"`allocation` must be one of {', '.join(map(repr, ALLOCATIONS))}, got {allocation!r}. "
                 "Pass e.g. allocation='capped'."
             )
-        if (
-            isinstance(max_rel_error, bool)
-            or not isinstance(max_rel_error, (int, float))
-            or not 0 < max_rel_error <= 1
-        ):
-            raise ValueError(f"`max_rel_error` must be a number in (0, 1], got {max_rel_error!r}.")
-        if not _is_int(min_rank) or min_rank < 1:
-            raise ValueError(f"`min_rank` must be an int >= 1, got {min_rank!r}.")
+        check_number("max_rel_error", max_rel_error, 0.0, 1.0)
+        check_int("min_rank", min_rank, 1)
+        super().__init__(schedule, example_input=example_input, verbose=verbose)
 
         self.method = method
         self.target_ratio = float(target_ratio)
@@ -239,19 +213,9 @@ class TensorCompressionCallback(Callback):
         self.allocation = allocation
         self.max_rel_error = float(max_rel_error)
         self.min_rank = min_rank
-        self.example_input = example_input
-        self.verbose = verbose
-
-        self.history: list[dict[str, Any]] = []
-        self.layer_table: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
-        self.stages_done = 0
         self.recomposed = False
-        self._dense: dict[str, int] = {}
-        self._batch_example: Any = None
         self._grad_sq: dict[str, torch.Tensor] = {}
         self._grad_batches = 0
-        self._last_plan_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------------
     # schedule
@@ -259,7 +223,7 @@ class TensorCompressionCallback(Callback):
     @property
     def stage_epochs(self) -> list[int]:
         """Epochs at whose start each compression stage runs."""
-        return [self.start_epoch + k * self.epochs_between_steps for k in range(self.steps)]
+        return list(self.schedule.epochs or ())
 
     def stage_ratio(self, stage: int) -> float:
         """Whole-model ratio reached after stage ``stage`` (0-based): ``target_ratio ** ((stage + 1) / steps)``."""
@@ -269,29 +233,36 @@ class TensorCompressionCallback(Callback):
     # Lightning hooks
     # ------------------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._check_trainer(trainer)
-            self._check_model(pl_module)
-        install_restore_hook(pl_module)
-        replay_from_trainer_ckpt(trainer, pl_module)
+        max_epochs = trainer.max_epochs
+        recompose = self.recompose_epoch
+        if stage == "fit" and recompose is not None and max_epochs is not None and 0 <= max_epochs <= recompose:
+            raise MisconfigurationException(
+                f"`recompose_epoch={self.recompose_epoch}` is never reached with max_epochs={max_epochs}. "
+                f"Pass recompose_epoch < {max_epochs} or None."
+            )
+        super().setup(trainer, pl_module, stage)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        remove_restore_hook(pl_module)
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._batch_example is None and self.example_input is None:
-            self._batch_example = first_input(batch)
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        found = [
+            name
+            for name, module in pl_module.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d, FactorizedLayer))
+            and (self.filter_fn is None or self.filter_fn(module, name))
+        ]
+        if not found:
+            kinds = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
+            raise MisconfigurationException(
+                "TensorCompressionCallback found nothing to compress: no nn.Linear / nn.Conv2d layer "
+                f"{'accepted by `filter_fn` ' if self.filter_fn is not None else ''}in {type(pl_module).__name__} "
+                f"(it has: {', '.join(kinds) or 'no submodules'}). Check `filter_fn` or remove the callback."
+            )
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The "fisher" allocations: sum squared gradients of the candidate layers during the epoch before a stage.
-        if not self.allocation.startswith("fisher") or self.stages_done >= self.steps:
+        if not self.allocation.startswith("fisher") or self.schedule.finished(self.stages_done):
             return
-        if trainer.current_epoch + 1 != self.stage_epochs[self.stages_done]:
+        if trainer.current_epoch + 1 != self.schedule.stage_epoch(self.stages_done):
             return
-        from tetra_lightning.decompose.allocation import compressible_layers
-
         layers, _ = compressible_layers(pl_module, self.filter_fn, self.min_layer_params)
         with torch.no_grad():
             for name, layer in layers.items():
@@ -305,11 +276,32 @@ class TensorCompressionCallback(Callback):
                     self._grad_sq[name] = total
         self._grad_batches += 1
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (
+            not trainer.sanity_checking
+            and self.schedule.finished(self.stages_done)
+            and self.recompose_epoch is not None
+            and not self.recomposed
+            and trainer.current_epoch >= self.recompose_epoch
+        ):
+            self.rewrite(trainer, pl_module, self.stages_done, self._recompose)
+            self.recomposed = True
+            return
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "recomposed": self.recomposed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.recomposed = bool(state_dict.get("recomposed", False))
+
+    # ------------------------------------------------------------------------------------------------------
+    # rewrites
+    # ------------------------------------------------------------------------------------------------------
     def _sensitivity(self, pl_module: pl.LightningModule) -> dict[str, float] | None:
         if not self.allocation.startswith("fisher"):
             return None
-        from tetra_lightning.decompose.allocation import compressible_layers, fisher_weights
-
         sums = {name: float(value) for name, value in self._grad_sq.items()}
         batches = self._grad_batches
         self._grad_sq, self._grad_batches = {}, 0
@@ -325,149 +317,11 @@ class TensorCompressionCallback(Callback):
             return None
         return weights
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        epoch = trainer.current_epoch
-        if self.stages_done < self.steps and epoch >= self.stage_epochs[self.stages_done]:
-            self._compress_stage(trainer, pl_module, self.stages_done)
-        elif (
-            self.recompose_epoch is not None
-            and not self.recomposed
-            and self.stages_done == self.steps
-            and epoch >= self.recompose_epoch
-        ):
-            self._recompose(trainer, pl_module)
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        section = checkpoint.setdefault(CHECKPOINT_KEY, {})
-        section["history"] = [dict(entry) for entry in applied_history(pl_module)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [dict(entry) for entry in self.history],
-            "stages_done": self.stages_done,
-            "recomposed": self.recomposed,
-            "layer_table": [dict(row) for row in self.layer_table],
-            "summary": dict(self.summary),
-            "dense": dict(self._dense),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(entry) for entry in state_dict.get("history", [])]
-        self.stages_done = int(state_dict.get("stages_done", 0))
-        self.recomposed = bool(state_dict.get("recomposed", False))
-        self.layer_table = [dict(row) for row in state_dict.get("layer_table", [])]
-        self.summary = dict(state_dict.get("summary", {}))
-        self._dense = {key: int(value) for key, value in state_dict.get("dense", {}).items()}
-
-    # ------------------------------------------------------------------------------------------------------
-    # checks
-    # ------------------------------------------------------------------------------------------------------
-    def _check_trainer(self, trainer: pl.Trainer) -> None:
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0:
-            last_stage = self.stage_epochs[-1]
-            if last_stage >= max_epochs:
-                raise MisconfigurationException(
-                    f"TensorCompressionCallback would decompose at epoch {last_stage} (start_epoch="
-                    f"{self.start_epoch}, steps={self.steps}, epochs_between_steps={self.epochs_between_steps}) "
-                    f"but the Trainer stops after max_epochs={max_epochs}. Lower `start_epoch` or raise "
-                    f"`max_epochs` to at least {last_stage + 1} (better: leave epochs to fine-tune)."
-                )
-            if self.recompose_epoch is not None and self.recompose_epoch >= max_epochs:
-                raise MisconfigurationException(
-                    f"`recompose_epoch={self.recompose_epoch}` is never reached with max_epochs={max_epochs}. "
-                    f"Pass recompose_epoch < {max_epochs} or None."
-                )
-        strategy = trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or type(
-            strategy
-        ).__name__.startswith(("FSDP", "DeepSpeed")):
-            raise MisconfigurationException(
-                f"TensorCompressionCallback supports single-device and DDP strategies ('ddp', 'ddp_spawn', ...), "
-                f"got {type(strategy).__name__}. Use strategy='ddp' or compress before sharding."
-            )
-
-    def _check_model(self, pl_module: pl.LightningModule) -> None:
-        from tetra_lightning.decompose import FactorizedLayer
-
-        found = [
-            name
-            for name, module in pl_module.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d, FactorizedLayer))
-            and (self.filter_fn is None or self.filter_fn(module, name))
-        ]
-        if not found:
-            kinds = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
-            raise MisconfigurationException(
-                "TensorCompressionCallback found nothing to compress: no nn.Linear / nn.Conv2d layer "
-                f"{'accepted by `filter_fn` ' if self.filter_fn is not None else ''}in {type(pl_module).__name__} "
-                f"(it has: {', '.join(kinds) or 'no submodules'}). Check `filter_fn` or remove the callback."
-            )
-
-    # ------------------------------------------------------------------------------------------------------
-    # measuring and logging
-    # ------------------------------------------------------------------------------------------------------
-    def _example(self, pl_module: pl.LightningModule) -> Any:
-        if self.example_input is not None:
-            return self.example_input
-        if getattr(pl_module, "example_input_array", None) is not None:
-            return pl_module.example_input_array
-        return self._batch_example
-
-    def _measure(self, pl_module: pl.LightningModule) -> dict[str, int]:
-        from tetra_lightning.report import count_bytes, count_macs, count_parameters
-
-        sizes = {"params": count_parameters(pl_module), "bytes": count_bytes(pl_module)[0]}
-        example = self._example(pl_module)
-        if example is not None:
-            try:
-                sizes["macs"] = count_macs(pl_module, example)
-            except Exception as error:  # MACs are informative only; a model that cannot run alone is fine
-                rank_zero_warn(
-                    f"TensorCompressionCallback could not count MACs ({error!r}); logging params/bytes."
-                )
-        return sizes
-
-    def _log(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, summary: dict[str, Any], rows: list
-    ) -> None:
-        metrics = {
-            f"compression/{key}": float(value)
-            for key, value in summary.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)
-        }
-        for key, value in metrics.items():
-            pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True)
-        if not trainer.is_global_zero:
-            return
-        data = [[row.get(column) for column in _TABLE_COLUMNS] for row in rows]
-        data = [[str(v) if isinstance(v, (list, tuple)) else v for v in row] for row in data]
-        for logger in trainer.loggers:
-            log_table = getattr(logger, "log_table", None)
-            if callable(log_table):
-                log_table(
-                    key="compression/layers",
-                    columns=list(_TABLE_COLUMNS),
-                    data=data,
-                    step=trainer.global_step,
-                )
-        if self.verbose:
-            rank_zero_info(_format_table(rows, summary))
-
-    # ------------------------------------------------------------------------------------------------------
-    # rewrites
-    # ------------------------------------------------------------------------------------------------------
-    def _decide(self, pl_module: pl.LightningModule, stage: int) -> tuple[list[dict[str, Any]], list[dict]]:
-        """Allocates ranks, decomposes (this process only) and returns the history entries and table rows."""
-        from tetra_lightning.decompose import compress_, config_from_dict
-        from tetra_lightning.decompose.allocation import allocate_ranks, choose_method
-
-        dense_total = self._dense[self.ratio_metric]
-        target_total = dense_total / self.stage_ratio(stage)
+    def decide_stage(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any
+    ) -> StageChange:
+        """Allocates ranks for the stage's ratio and decomposes (this process only)."""
+        target_total = self._dense[self.ratio_metric] / self.stage_ratio(stage)
         sensitivity = self._sensitivity(pl_module)
         allocation = self.allocation
         if sensitivity is None and allocation.startswith("fisher"):
@@ -485,135 +339,60 @@ class TensorCompressionCallback(Callback):
             min_rank=self.min_rank,
             sensitivity=sensitivity,
         )
-        self._last_plan_info = {
-            "allocation": plan.allocation,
-            **{f"cap_{k}": v for k, v in plan.caps.items()},
-        }
+        info = {"allocation": plan.allocation, **{f"cap_{k}": v for k, v in plan.caps.items()}}
         modules = dict(pl_module.named_modules())
         configs: dict[str, Any] = {}
         auto_errors: dict[str, dict[str, float]] = {}
         for name, option in plan.choices.items():
-            if self.method == "auto":
+            if self.method == _AUTO:
                 config, errors = choose_method(modules[name], option.params, self.auto_methods)
                 if config is None:
                     continue
-                configs[name] = config
-                auto_errors[name] = errors
+                configs[name], auto_errors[name] = config, errors
             else:
-                rank: Any = option.ranks if len(option.ranks) > 1 else option.ranks[0]
-                configs[name] = config_from_dict({"method": option.method, "rank": rank})
+                configs[name] = option.config()
         if not plan.reachable:
             rank_zero_warn(
                 f"TensorCompressionCallback: target_ratio={self.stage_ratio(stage):.3g} is not reachable at stage "
                 f"{stage} ({plan.total_before} -> at best {plan.total_planned} {self.ratio_metric}); compressing "
                 "as far as possible. Lower `target_ratio`, lower `min_layer_params` or widen `filter_fn`."
             )
-        if not configs:
-            return [], []
-        entries = compress_(pl_module, configs)
-        entries = [entry for entry in entries if not entry.get("skipped")]
-        rows = []
-        for entry in entries:
-            row = {column: entry.get(column) for column in _TABLE_COLUMNS}
-            row["stage"] = stage
-            row["ranks"] = list(entry.get("ranks") or [])
-            if entry["name"] in auto_errors:
-                row["candidates"] = {m: round(e, 6) for m, e in auto_errors[entry["name"]].items()}
-            rows.append(row)
-        return entries, rows
-
-    def _compress_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int) -> None:
-        distributed = is_distributed(trainer)
-        payload: dict[str, Any] | None = None
-        if trainer.is_global_zero or not distributed:
-            before = self._measure(pl_module)
-            if not self._dense:
-                self._dense = dict(before)
-            entries, rows = self._decide(pl_module, stage)
-            record_history(pl_module, entries)
-            after = self._measure(pl_module)
-            payload = {
-                "entries": entries,
-                "rows": rows,
-                "summary": {**self._summary(stage, before, after), **self._last_plan_info},
-                "dense": dict(self._dense),
-            }
-        payload = broadcast_object(trainer, payload)
-        assert payload is not None
-        if distributed and not trainer.is_global_zero:
-            replay_history(pl_module, applied_history(pl_module) + payload["entries"])
-            self._dense = dict(payload["dense"])
-        self._after_rewrite(trainer, pl_module)
-
-        self.history.extend(payload["entries"])
-        self.layer_table.extend(payload["rows"])
-        self.summary = payload["summary"]
-        self.stages_done = stage + 1
-        if not payload["entries"]:
+        entries = [entry for entry in compress_(pl_module, configs) if not entry.get("skipped")] if configs else []
+        if not entries:
             rank_zero_warn(
                 f"TensorCompressionCallback: nothing was factorized at stage {stage}: no layer of "
                 f"{type(pl_module).__name__} can save parameters (layers below min_layer_params="
                 f"{self.min_layer_params}, 3-channel inputs and layers rejected by `filter_fn` stay dense)."
             )
-        self._log(trainer, pl_module, self.summary, payload["rows"])
+        rows = []
+        for entry in entries:
+            row = {column: entry.get(column) for column in self.table_columns}
+            row["stage"] = stage
+            row["ranks"] = list(entry.get("ranks") or [])
+            if entry["name"] in auto_errors:
+                row["candidates"] = {m: round(e, 6) for m, e in auto_errors[entry["name"]].items()}
+            rows.append(row)
+        return StageChange(entries, rows, info)
 
-    def _recompose(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from tetra_lightning.decompose import recompose_
+    def _recompose(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any
+    ) -> StageChange:
+        return StageChange(recompose_(pl_module), info={"recomposed": True})
 
-        before = self._measure(pl_module)
-        entries = recompose_(pl_module)
-        record_history(pl_module, entries)
-        if is_distributed(trainer):
-            broadcast_module_state(pl_module)
-        rewrap_ddp(trainer)
-        rebuild_optimizers(trainer)
-        self.history.extend(entries)
-        self.recomposed = True
-        after = self._measure(pl_module)
-        self.summary = self._summary(self.stages_done, before, after)
-        self.summary["recomposed"] = True
-        self._log(trainer, pl_module, self.summary, [])
-
-    def _after_rewrite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        device = trainer.strategy.root_device
-        pl_module.to(device)
-        if is_distributed(trainer):
-            broadcast_module_state(pl_module)
-        rewrap_ddp(trainer)
-        rebuild_optimizers(trainer)
-
-    def _summary(self, stage: int, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
-        summary: dict[str, Any] = {"stage": stage}
-        for key in ("params", "bytes", "macs"):
-            if key in before and key in after:
-                summary[f"{key}_before"] = before[key]
-                summary[f"{key}_after"] = after[key]
-            if key in self._dense:
-                summary[f"{key}_dense"] = self._dense[key]
-                if key in after and after[key] > 0:
-                    summary[f"{key}_ratio"] = self._dense[key] / after[key]
+    def stage_summary(self, stage: int, before: ModelReport, after: ModelReport) -> dict[str, Any]:
+        summary = super().stage_summary(stage, before, after)
         summary["ratio"] = summary.get(f"{self.ratio_metric}_ratio", math.nan)
         return summary
 
-
-def _format_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    header = f"{'name':<32} {'method':<7} {'ranks':<14} {'params':>17} {'rel_err':>8}"
-    lines = ["TensorCompressionCallback: " + _format_summary(summary), header, "-" * len(header)]
-    for row in rows:
-        ranks = "x".join(str(r) for r in row.get("ranks") or [])
-        params = f"{row.get('params_before')}->{row.get('params_after')}"
-        error = row.get("rel_error")
-        error_text = f"{error:.4f}" if isinstance(error, float) else str(error)
-        lines.append(
-            f"{row.get('name', ''):<32} {row.get('method', ''):<7} {ranks:<14} {params:>17} {error_text:>8}"
-        )
-    return "\n".join(lines)
-
-
-def _format_summary(summary: dict[str, Any]) -> str:
-    parts = [f"stage {summary.get('stage')}"]
-    for key in ("params", "bytes", "macs"):
-        if f"{key}_before" in summary:
-            parts.append(f"{key} {summary[f'{key}_before']:,} -> {summary[f'{key}_after']:,}")
-    parts.append(f"ratio {summary.get('ratio', math.nan):.2f}x")
-    return ", ".join(parts)
+    def format_stage(self, trainer: pl.Trainer, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+        header = f"{'name':<32} {'method':<7} {'ranks':<14} {'params':>17} {'rel_err':>8}"
+        lines = ["TensorCompressionCallback: " + format_summary(summary, "ratio"), header, "-" * len(header)]
+        for row in rows:
+            ranks = "x".join(str(r) for r in row.get("ranks") or [])
+            params = f"{row.get('params_before')}->{row.get('params_after')}"
+            error = row.get("rel_error")
+            error_text = f"{error:.4f}" if isinstance(error, float) else str(error)
+            lines.append(
+                f"{row.get('name', ''):<32} {row.get('method', ''):<7} {ranks:<14} {params:>17} {error_text:>8}"
+            )
+        return "\n".join(lines)

@@ -8,27 +8,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from tetra_lightning.callbacks._surgery import (
-    broadcast_module_state,
-    broadcast_object,
-    install_restore_hook,
-    is_distributed,
-    rebuild_optimizers,
-    remove_restore_hook,
-    replay_from_trainer_ckpt,
-    rewrap_ddp,
-)
-from tetra_lightning.checkpoint import (
-    CHECKPOINT_KEY,
-    applied_history,
-    record_history,
-    replay_history,
-)
+from tetra_lightning.callbacks._checks import check_filter_fn, check_int, check_number, is_int
+from tetra_lightning.callbacks._staged import StageChange, StagedRewriteCallback, StageSchedule
+from tetra_lightning.checkpoint import applied_history, record_history
+from tetra_lightning.decompose import FactorizedLayer, decompose_layer
+from tetra_lightning.decompose.methods import factorization, layer_shape
 from tetra_lightning.lowrank.priors import GammaGaussianPrior, SVDTrainingRegularizer, shrinkable_layers
 from tetra_lightning.lowrank.shrink import layer_ranks, shrink_
 
@@ -39,11 +26,7 @@ _METHODS = ("svd", "tt")
 _INIT_STAGE = "lowrank-init"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class LowRankCallback(Callback):
+class LowRankCallback(StagedRewriteCallback):
     """Automatic rank selection: generous ranks, a rank-shrinking prior, and real removal of dead components.
 
     1. At ``setup("fit")`` (before the optimizers exist) every ``nn.Linear`` / ``nn.Conv2d`` accepted by
@@ -61,7 +44,9 @@ class LowRankCallback(Callback):
     3. At the start of each epoch in ``shrink_epochs`` the components whose scale is at most ``threshold`` times
        the layer's largest are removed (:func:`~tetra_lightning.lowrank.shrink_`), then the optimizers and LR
        schedulers are rebuilt through the module's ``configure_optimizers`` (state of the surviving parameters
-       and the schedule position carried over). Under DDP rank 0 decides and broadcasts.
+       and the schedule position carried over). Under DDP rank 0 decides and broadcasts. Each shrink logs
+       ``lowrank/params_before``, ``lowrank/params_after`` (and bytes, MACs; ``*_dense`` and ``*_ratio`` are
+       relative to the model at the first shrink) and a ``lowrank/layers`` table; :attr:`layer_table` keeps it.
     4. At each epoch end the rank of every layer is logged (``lowrank/rank/<fqn>``, one per bond with a
        ``/<bond>`` suffix for TT) with ``lowrank/params``; :attr:`rank_history` keeps them per epoch.
 
@@ -77,7 +62,8 @@ class LowRankCallback(Callback):
             :class:`~tetra_lightning.lowrank.SVDTrainingRegularizer`.
         prior_weight: scale of the penalty; ``None`` uses ``1 / N`` with ``N`` the training set size (MAP).
         threshold: relative scale in ``[0, 1)`` below which a component is removed.
-        shrink_epochs: epochs at whose start components are removed (>= 1); ``None``: every epoch from 1.
+        shrink_epochs: epochs at whose start components are removed (>= 1, before ``max_epochs``); ``None``:
+            every epoch from 1.
         filter_fn: ``(module, fqn) -> bool`` selecting the layers to factorize and shrink.
         min_rank: components kept at least, per bond.
         apply_prior: add the prior's gradient in ``on_before_optimizer_step``.
@@ -87,6 +73,7 @@ class LowRankCallback(Callback):
         ValueError: for a bad ``method``, ``rank``, ``prior_weight``, ``threshold``, ``shrink_epochs`` or
             ``min_rank``.
         TypeError: for a ``prior`` or ``filter_fn`` of the wrong type.
+        MisconfigurationException: at ``fit``, for a sharded strategy or a shrink epoch at or after ``max_epochs``.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -113,6 +100,10 @@ class LowRankCallback(Callback):
         ['body.0', 'body.2']
     """
 
+    metric_prefix = "lowrank"
+    action = "shrink the ranks"
+    table_columns = ("stage", "name", "ranks_before", "ranks", "params_before", "params_after")
+
     def __init__(
         self,
         method: str = "svd",
@@ -132,7 +123,7 @@ class LowRankCallback(Callback):
         if rank is not None and (
             isinstance(rank, bool)
             or not isinstance(rank, (int, float))
-            or (_is_int(rank) and rank < 1)
+            or (is_int(rank) and rank < 1)
             or (isinstance(rank, float) and not 0 < rank <= 1)
         ):
             raise ValueError(
@@ -153,64 +144,40 @@ class LowRankCallback(Callback):
             raise ValueError(
                 f"`prior_weight` must be a finite float >= 0 or None (1 / training set size), got {prior_weight!r}."
             )
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
-            raise ValueError(
-                f"`threshold` must be a float in [0, 1) (scale relative to the layer's largest component), got "
-                f"{threshold!r}. Pass e.g. threshold=1e-2."
-            )
-        if shrink_epochs is not None and (
-            isinstance(shrink_epochs, (str, bytes))
-            or not all(_is_int(epoch) and epoch >= 1 for epoch in shrink_epochs)
-        ):
-            raise ValueError(
-                f"`shrink_epochs` must be a sequence of ints >= 1 (epochs at whose start to shrink), got "
-                f"{shrink_epochs!r}. Pass e.g. shrink_epochs=[2, 4, 6]."
-            )
-        if filter_fn is not None and not callable(filter_fn):
-            raise TypeError(f"`filter_fn` must be callable as filter_fn(module, fqn) -> bool, got {filter_fn!r}.")
-        if not _is_int(min_rank) or min_rank < 1:
-            raise ValueError(f"`min_rank` must be an int >= 1, got {min_rank!r}.")
+        check_number(
+            "threshold", threshold, 0.0, 1.0, low_open=False, kind="float",
+            hint="It is a scale relative to the layer's largest component; pass e.g. threshold=1e-2.",
+        )
+        schedule = (
+            StageSchedule.every_epoch(1)
+            if shrink_epochs is None
+            else StageSchedule.listed(shrink_epochs, "shrink_epochs", minimum=1)
+        )
+        check_filter_fn(filter_fn)
+        check_int("min_rank", min_rank, 1)
+        super().__init__(schedule, verbose=verbose)
 
         self.method = method
         self.rank = rank
         self.prior = prior
         self.prior_weight = None if prior_weight is None else float(prior_weight)
         self.threshold = float(threshold)
-        self.shrink_epochs = None if shrink_epochs is None else sorted(set(shrink_epochs))
+        self.shrink_epochs = None if shrink_epochs is None else list(schedule.epochs or ())
         self.filter_fn = filter_fn
         self.min_rank = min_rank
         self.apply_prior = apply_prior
-        self.verbose = verbose
-
-        self.history: list[dict[str, Any]] = []
-        self.shrunk_at: list[int] = []
         self.rank_history: dict[int, dict[str, list[int]]] = {}
         self._weight: float | None = self.prior_weight
+        self._factorization = factorization(method)
+
+    @property
+    def shrunk_at(self) -> list[int]:
+        """Epochs at whose start components were removed (a shrink that found nothing counts too)."""
+        return self.rewrite_epochs
 
     # ------------------------------------------------------------------------------------------------------
-    # Lightning hooks
+    # the prior, every optimizer step
     # ------------------------------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        install_restore_hook(pl_module)
-        if stage != "fit":
-            return
-        replay_from_trainer_ckpt(trainer, pl_module)
-        already = any(entry.get("stage") == _INIT_STAGE for entry in applied_history(pl_module))
-        if self.rank is not None and not already:
-            entries = self._factorize(pl_module)
-            record_history(pl_module, entries)
-            self.history.extend(entries)
-        if not any(True for _ in shrinkable_layers(pl_module, self.filter_fn)):
-            kinds = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
-            raise MisconfigurationException(
-                f"LowRankCallback found no SVD/TT layer to train with a rank prior in {type(pl_module).__name__} "
-                f"(it has: {', '.join(kinds) or 'no submodules'}). Pass `rank=` to factorize its nn.Linear / "
-                "nn.Conv2d layers, check `filter_fn`, or build the model from tt_linear / TTEmbedding layers."
-            )
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        remove_restore_hook(pl_module)
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.prior_weight is not None:
             self._weight = self.prior_weight
@@ -250,13 +217,6 @@ class LowRankCallback(Callback):
                     param.grad.add_(grad)
         pl_module.log("lowrank/penalty", float(penalty.detach()), on_step=False, on_epoch=True, rank_zero_only=True)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        due = epoch >= 1 if self.shrink_epochs is None else epoch in self.shrink_epochs
-        if trainer.sanity_checking or not due or epoch in self.shrunk_at:
-            return
-        self._shrink(trainer, pl_module, epoch)
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ranks = layer_ranks(pl_module, self.filter_fn)
         self.rank_history[trainer.current_epoch] = ranks
@@ -269,35 +229,40 @@ class LowRankCallback(Callback):
         params = sum(p.numel() for p in pl_module.parameters())
         pl_module.log("lowrank/params", float(params), rank_zero_only=True)
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        section = checkpoint.setdefault(CHECKPOINT_KEY, {})
-        section["history"] = [dict(entry) for entry in applied_history(pl_module)]
-
     def state_dict(self) -> dict[str, Any]:
         return {
-            "history": [dict(entry) for entry in self.history],
+            **super().state_dict(),
             "shrunk_at": list(self.shrunk_at),
             "rank_history": {str(epoch): dict(ranks) for epoch, ranks in self.rank_history.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(entry) for entry in state_dict.get("history", [])]
-        self.shrunk_at = [int(epoch) for epoch in state_dict.get("shrunk_at", [])]
+        if "rewrite_epochs" not in state_dict:  # written before the staged base: the shrink epochs
+            state_dict = {**state_dict, "rewrite_epochs": state_dict.get("shrunk_at", [])}
+        super().load_state_dict(state_dict)
         self.rank_history = {
             int(epoch): {name: list(values) for name, values in ranks.items()}
             for epoch, ranks in state_dict.get("rank_history", {}).items()
         }
 
     # ------------------------------------------------------------------------------------------------------
-    # rewrites
+    # rewrites: the generous factorization at setup, then the shrinks
     # ------------------------------------------------------------------------------------------------------
-    def _factorize(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
-        from tetra_lightning.decompose import FactorizedLayer, SVDConfig, TTConfig, decompose_layer
-        from tetra_lightning.decompose.core import _set_submodule
-        from tetra_lightning.decompose.ranks import layer_shape, rank_bounds
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        already = any(entry.get("stage") == _INIT_STAGE for entry in applied_history(pl_module))
+        if self.rank is not None and not already:
+            entries = self._factorize(pl_module)
+            record_history(pl_module, entries)
+            self.history.extend(entries)
+        if not any(True for _ in shrinkable_layers(pl_module, self.filter_fn)):
+            kinds = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
+            raise MisconfigurationException(
+                f"LowRankCallback found no SVD/TT layer to train with a rank prior in {type(pl_module).__name__} "
+                f"(it has: {', '.join(kinds) or 'no submodules'}). Pass `rank=` to factorize its nn.Linear / "
+                "nn.Conv2d layers, check `filter_fn`, or build the model from tt_linear / TTEmbedding layers."
+            )
 
+    def _factorize(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         inside: list[str] = []
         targets = []
         for name, module in pl_module.named_modules():
@@ -311,15 +276,14 @@ class LowRankCallback(Callback):
         entries = []
         for name, module in targets:
             rank: Any = self.rank
-            if _is_int(rank):
+            if is_int(rank):
                 # Generous but valid: cap the int at each mode's full rank.
-                bounds = rank_bounds(layer_shape(module), self.method, None)
+                bounds = self._factorization.rank_bounds(layer_shape(module), None)
                 rank = [min(int(self.rank), int(bound)) for bound in bounds]  # type: ignore[arg-type]
                 rank = rank[0] if len(rank) == 1 else tuple(rank)
-            config = SVDConfig(rank=rank) if self.method == "svd" else TTConfig(rank=rank)
             params_before = sum(p.numel() for p in module.parameters())
-            new = decompose_layer(module, config)
-            _set_submodule(pl_module, name, new)
+            new = decompose_layer(module, self._factorization.config_class(rank=rank))
+            pl_module.set_submodule(name, new)
             entries.append(
                 {
                     "name": name,
@@ -334,31 +298,23 @@ class LowRankCallback(Callback):
             )
         return entries
 
-    def _shrink(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        distributed = is_distributed(trainer)
-        entries: list[dict[str, Any]] | None = None
-        if trainer.is_global_zero or not distributed:
-            entries = shrink_(pl_module, self.threshold, self.filter_fn, self.min_rank)
-            record_history(pl_module, entries)
-        entries = broadcast_object(trainer, entries)
-        assert entries is not None
-        if distributed and not trainer.is_global_zero:
-            replay_history(pl_module, applied_history(pl_module) + entries)
-        self.shrunk_at.append(epoch)
-        if not entries:
-            return
-        pl_module.to(trainer.strategy.root_device)
-        if distributed:
-            broadcast_module_state(pl_module)
-        rewrap_ddp(trainer)
-        rebuild_optimizers(trainer)
-        self.history.extend(entries)
-        if self.verbose:
-            lines = [f"LowRankCallback: epoch {epoch}, removed rank components below {self.threshold:g}"]
-            lines += [
-                f"  {e['name']:<32} {e['ranks_before']} -> {e['ranks']}  params {e['params_before']} -> "
-                f"{e['params_after']}"
-                for e in entries
-            ]
-            rank_zero_info("\n".join(lines))
+    def decide_stage(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any
+    ) -> StageChange:
+        """Removes the components at most ``threshold`` times their layer's largest (this process only)."""
+        entries = shrink_(pl_module, self.threshold, self.filter_fn, self.min_rank)
+        rows = [{"stage": stage, **{key: entry[key] for key in self.table_columns[1:]}} for entry in entries]
+        return StageChange(entries, rows)
 
+    def format_stage(self, trainer: pl.Trainer, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return ""
+        lines = [
+            f"LowRankCallback: epoch {trainer.current_epoch}, removed rank components below {self.threshold:g}"
+        ]
+        lines += [
+            f"  {row['name']:<32} {row['ranks_before']} -> {row['ranks']}  params {row['params_before']} -> "
+            f"{row['params_after']}"
+            for row in rows
+        ]
+        return "\n".join(lines)

@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from tetra_lightning.callbacks._surgery import (
-    broadcast_module_state,
-    broadcast_object,
-    first_input,
-    install_restore_hook,
-    is_distributed,
-    rebuild_optimizers,
-    remove_restore_hook,
-    replay_from_trainer_ckpt,
-    rewrap_ddp,
-)
-from tetra_lightning.checkpoint import (
-    CHECKPOINT_KEY,
-    applied_history,
-    record_history,
-)
+from tetra_lightning.callbacks._checks import check_filter_fn
+from tetra_lightning.callbacks._staged import StageChange, StagedRewriteCallback, StageSchedule
+from tetra_lightning.prune import PruneConfig, prune_
+from tetra_lightning.report import count_parameters
 
 __all__ = ["PruningCallback"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class PruningCallback(Callback):
+class PruningCallback(StagedRewriteCallback):
     """Removes channels of the model's conv / linear layers mid-training, so that it really gets smaller.
 
     Thin wrapper over :func:`tetra_lightning.prune.prune_` (torch-pruning ``DependencyGraph`` + ``BasePruner``):
@@ -64,6 +43,9 @@ class PruningCallback(Callback):
     ``pruning/bytes_before``, ``pruning/bytes_after``, ``pruning/macs_before``, ``pruning/macs_after``,
     ``pruning/params_ratio`` (dense / current) and ``pruning/stage``.
 
+    The pruning arguments make one :class:`~tetra_lightning.prune.PruneConfig` (:attr:`config`), validated here
+    and passed to ``prune_`` at every stage with the stage's ratio; pass ``config=`` to give it directly.
+
     Args:
         pruning_ratio: fraction of channels removed after the last stage, in (0, 1).
         importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"taylor"`` (uses the gradients of the last training
@@ -80,15 +62,42 @@ class PruningCallback(Callback):
         filter_fn: ``filter_fn(module, fqn) -> bool``; conv / linear layers it rejects keep their outputs.
         example_input: input for tracing; defaults to ``example_input_array`` or the first training batch.
         verbose: print a one-line summary per stage on rank zero.
+        config: a :class:`~tetra_lightning.prune.PruneConfig` instead of the pruning arguments above (which must
+            then keep their defaults).
 
     Raises:
         ValueError: for a ratio outside (0, 1), an unknown importance, bad epochs or steps.
+        TypeError: for a ``config`` that is not a PruneConfig, or one given together with pruning arguments.
 
     Example:
-        >>> from tests.helpers.boring import BoringConvModule  # doctest: +SKIP
-        >>> trainer = pl.Trainer(max_epochs=3, callbacks=[PruningCallback(0.5, start_epoch=1)])  # doctest: +SKIP
-        >>> trainer.fit(BoringConvModule())  # doctest: +SKIP
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> class Net(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3),
+        ...                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+        ...     def forward(self, x):
+        ...         return self.net(x)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return nn.functional.cross_entropy(self(batch[0]), batch[1])
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.01)
+        ...     def train_dataloader(self):
+        ...         data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)))
+        ...         return DataLoader(data, batch_size=8)
+        >>> model, callback = Net(), PruningCallback(pruning_ratio=0.5, start_epoch=1, verbose=False)
+        >>> trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(model)
+        >>> model.net[0].out_channels, model.net[2].out_channels, model.net[6].out_features
+        (8, 8, 4)
     """
+
+    metric_prefix = "pruning"
+    action = "prune"
+    table_columns = ("stage", "name", "out_removed", "in_removed")
+    needs_example = True
 
     def __init__(
         self,
@@ -107,56 +116,50 @@ class PruningCallback(Callback):
         filter_fn: FilterFn | None = None,
         example_input: Any = None,
         verbose: bool = True,
+        config: PruneConfig | None = None,
     ) -> None:
-        from tetra_lightning.prune import check_prune_arguments
-
-        check_prune_arguments(pruning_ratio, importance, round_to, target_params_ratio)
-        if not _is_int(start_epoch) or start_epoch < 0:
-            raise ValueError(
-                f"`start_epoch` must be an int >= 0, got {start_epoch!r}. Pass e.g. start_epoch=1 to train dense "
-                "for one epoch first."
-            )
-        if importance == "taylor" and start_epoch < 1:
+        given = PruneConfig(
+            pruning_ratio=pruning_ratio,
+            importance=importance,
+            global_pruning=global_pruning,
+            ignored_layers=tuple(ignored_layers or ()),
+            round_to=round_to,
+            target_params_ratio=target_params_ratio,
+            max_pruning_ratio=max_pruning_ratio,
+            keep_outputs=keep_outputs,
+        )
+        if config is not None:
+            if not isinstance(config, PruneConfig):
+                raise TypeError(f"`config` must be a PruneConfig, got {type(config).__name__} {config!r}.")
+            if given != PruneConfig():
+                raise TypeError(
+                    "Pass either `config` or the pruning arguments (pruning_ratio, importance, ...), not both. "
+                    "Use config.replace(...) to change a field."
+                )
+            given = config
+        schedule = StageSchedule.regular(start_epoch, steps, epochs_between_steps)
+        if given.importance == "taylor" and start_epoch < 1:
             raise ValueError(
                 "`importance='taylor'` uses the gradients of the last training step, so `start_epoch` must be "
                 f">= 1, got {start_epoch}. Pass start_epoch=1 or another importance."
             )
-        if not _is_int(steps) or steps < 1:
-            raise ValueError(
-                f"`steps` must be an int >= 1, got {steps!r}. Pass steps=1 for one-shot pruning."
-            )
-        if not _is_int(epochs_between_steps) or epochs_between_steps < 1:
-            raise ValueError(f"`epochs_between_steps` must be an int >= 1, got {epochs_between_steps!r}.")
-        if filter_fn is not None and not callable(filter_fn):
-            raise TypeError(
-                f"`filter_fn` must be callable as filter_fn(module, fqn) -> bool, got {filter_fn!r}."
-            )
-        self.pruning_ratio = float(pruning_ratio)
-        self.importance = importance
+        check_filter_fn(filter_fn)
+        super().__init__(schedule, example_input=example_input, verbose=verbose)
+        self.config = given
         self.start_epoch = start_epoch
         self.steps = steps
         self.epochs_between_steps = epochs_between_steps
-        self.global_pruning = global_pruning
-        self.ignored_layers = list(ignored_layers or [])
-        self.round_to = round_to
-        self.target_params_ratio = target_params_ratio
-        self.max_pruning_ratio = max_pruning_ratio
-        self.keep_outputs = keep_outputs
         self.filter_fn = filter_fn
-        self.example_input = example_input
-        self.verbose = verbose
 
-        self.history: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
-        self.layer_table: list[dict[str, Any]] = []
-        self.stages_done = 0
-        self._dense: dict[str, int] = {}
-        self._batch_example: Any = None
+    @property
+    def pruning_ratio(self) -> float:
+        """Fraction of the channels removed after the last stage (``config.pruning_ratio``)."""
+        return self.config.pruning_ratio
 
     @property
     def stage_epochs(self) -> list[int]:
         """Epochs at whose start each pruning stage runs."""
-        return [self.start_epoch + k * self.epochs_between_steps for k in range(self.steps)]
+        return list(self.schedule.epochs or ())
 
     @property
     def step_ratio(self) -> float:
@@ -164,198 +167,30 @@ class PruningCallback(Callback):
         return 1.0 - (1.0 - self.pruning_ratio) ** (1.0 / self.steps)
 
     # ------------------------------------------------------------------------------------------------------
-    # Lightning hooks
+    # what differs from the other staged callbacks
     # ------------------------------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._check_trainer(trainer)
-            modules = dict(pl_module.named_modules())
-            missing = [name for name in self.ignored_layers if name not in modules]
-            if missing:
-                raise MisconfigurationException(
-                    f"PruningCallback: `ignored_layers` names {missing}, which {type(pl_module).__name__} does not "
-                    f"have. Its conv / linear layers: "
-                    f"{[n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))][:20]}."
-                )
-        install_restore_hook(pl_module)
-        replay_from_trainer_ckpt(trainer, pl_module)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        remove_restore_hook(pl_module)
-        launcher = getattr(trainer.strategy, "launcher", None)
-        if stage == "fit" and self.history and getattr(launcher, "_start_method", None) is not None:
-            # ddp_spawn: the launching process loads this worker's state_dict into its own dense model; ship the
-            # history with it (PrunableMixin.load_state_dict replays it there).
-            from tetra_lightning.prune.replay import HISTORY_STATE_KEY, history_to_tensor
-
-            history = history_to_tensor(applied_history(pl_module))
-
-            def add_history(module: nn.Module, state: dict[str, Any], prefix: str, local: Any) -> None:
-                if not prefix:
-                    state[HISTORY_STATE_KEY] = history
-
-            pl_module._register_state_dict_hook(add_history)
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._batch_example is None and self.example_input is None:
-            self._batch_example = first_input(batch)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        if self.stages_done < self.steps and trainer.current_epoch >= self.stage_epochs[self.stages_done]:
-            self._prune_stage(trainer, pl_module, self.stages_done)
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint.setdefault(CHECKPOINT_KEY, {})["history"] = [dict(e) for e in applied_history(pl_module)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [dict(entry) for entry in self.history],
-            "stages_done": self.stages_done,
-            "summary": dict(self.summary),
-            "dense": dict(self._dense),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(entry) for entry in state_dict.get("history", [])]
-        self.stages_done = int(state_dict.get("stages_done", 0))
-        self.summary = dict(state_dict.get("summary", {}))
-        self._dense = {key: int(value) for key, value in state_dict.get("dense", {}).items()}
-
-    # ------------------------------------------------------------------------------------------------------
-    # checks and restore
-    # ------------------------------------------------------------------------------------------------------
-    def _check_trainer(self, trainer: pl.Trainer) -> None:
-        max_epochs = trainer.max_epochs
-        last_stage = self.stage_epochs[-1]
-        if max_epochs is not None and max_epochs >= 0 and last_stage >= max_epochs:
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        modules = dict(pl_module.named_modules())
+        missing = [name for name in self.config.ignored_layers if name not in modules]
+        if missing:
             raise MisconfigurationException(
-                f"PruningCallback would prune at epoch {last_stage} (start_epoch={self.start_epoch}, "
-                f"steps={self.steps}, epochs_between_steps={self.epochs_between_steps}) but the Trainer stops "
-                f"after max_epochs={max_epochs}. Lower `start_epoch` or raise `max_epochs` to at least "
-                f"{last_stage + 1} (better: leave epochs to fine-tune)."
-            )
-        strategy = trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or type(
-            strategy
-        ).__name__.startswith(("FSDP", "DeepSpeed")):
-            raise MisconfigurationException(
-                f"PruningCallback supports single-device and DDP strategies, got {type(strategy).__name__}."
+                f"PruningCallback: `ignored_layers` names {missing}, which {type(pl_module).__name__} does not "
+                f"have. Its conv / linear layers: "
+                f"{[n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))][:20]}."
             )
 
-    # ------------------------------------------------------------------------------------------------------
-    # pruning
-    # ------------------------------------------------------------------------------------------------------
-    def _example(self, pl_module: pl.LightningModule) -> Any:
-        example = self.example_input
-        if example is None:
-            example = getattr(pl_module, "example_input_array", None)
-        if example is None:
-            example = self._batch_example
-        if example is None:
-            raise MisconfigurationException(
-                "PruningCallback needs an example input to trace the model: pass `example_input=` or set "
-                "`example_input_array` on the LightningModule."
-            )
-        device = next(pl_module.parameters()).device
-        if isinstance(example, torch.Tensor):
-            return example.to(device)
-        return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in example)
-
-    def _measure(self, pl_module: pl.LightningModule, example: Any) -> dict[str, int]:
-        from tetra_lightning.report import count_bytes, count_macs, count_parameters
-
-        sizes = {"params": count_parameters(pl_module), "bytes": count_bytes(pl_module)[0]}
-        try:
-            sizes["macs"] = count_macs(pl_module, example)
-        except Exception as error:  # MACs are informative only
-            rank_zero_warn(f"PruningCallback could not count MACs ({error!r}); logging params/bytes.")
-        return sizes
-
-    def _prune_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int) -> None:
-        from tetra_lightning.prune import prune_, replay_history
-
-        distributed = is_distributed(trainer)
-        payload: dict[str, Any] | None = None
-        if trainer.is_global_zero or not distributed:
-            example = self._example(pl_module)
-            before = self._measure(pl_module, example)
-            if not self._dense:
-                self._dense = dict(before)
-            options: dict[str, Any] = {}
-            if self.target_params_ratio is not None:
-                stage_target = self._dense["params"] / self.target_params_ratio ** ((stage + 1) / self.steps)
-                options["target_params_ratio"] = max(before["params"] / stage_target, 1.0 + 1e-6)
-            entries = prune_(
-                pl_module,
-                example,
-                pruning_ratio=self.step_ratio,
-                importance=self.importance,
-                global_pruning=self.global_pruning,
-                ignored_layers=self.ignored_layers,
-                round_to=self.round_to,
-                max_pruning_ratio=self.max_pruning_ratio,
-                keep_outputs=self.keep_outputs,
-                filter_fn=self.filter_fn,
-                **options,
-            )
-            for entry in entries:
-                entry["stage"] = stage
-            record_history(pl_module, entries)
-            after = self._measure(pl_module, example)
-            payload = {
-                "entries": entries,
-                "summary": self._summary(stage, before, after),
-                "dense": self._dense,
-            }
-        payload = broadcast_object(trainer, payload)
-        assert payload is not None
-        if distributed and not trainer.is_global_zero:
-            replay_history(pl_module, applied_history(pl_module) + payload["entries"])
-            self._dense = dict(payload["dense"])
-        pl_module.to(trainer.strategy.root_device)
-        if distributed:
-            broadcast_module_state(pl_module)
-        rewrap_ddp(trainer)
-        rebuild_optimizers(trainer)
-
-        self.history.extend(payload["entries"])
-        self.summary = payload["summary"]
-        self.stages_done = stage + 1
-        for key, value in self.summary.items():
-            pl_module.log(f"pruning/{key}", float(value), on_step=False, on_epoch=True, rank_zero_only=True)
-        rows = _layer_rows(payload["entries"], stage)
-        self.layer_table.extend(rows)
-        if trainer.is_global_zero and rows:
-            for logger in trainer.loggers:
-                log_table = getattr(logger, "log_table", None)
-                if callable(log_table):
-                    log_table(
-                        key="pruning/layers",
-                        columns=list(_TABLE_COLUMNS),
-                        data=[[row[column] for column in _TABLE_COLUMNS] for row in rows],
-                        step=trainer.global_step,
-                    )
-        if self.verbose:
-            rank_zero_info("PruningCallback: " + _format_summary(self.summary))
-
-    def _summary(self, stage: int, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
-        summary: dict[str, Any] = {"stage": stage}
-        for key in ("params", "bytes", "macs"):
-            if key in before and key in after:
-                summary[f"{key}_before"] = before[key]
-                summary[f"{key}_after"] = after[key]
-                if key in self._dense and after[key] > 0:
-                    summary[f"{key}_ratio"] = self._dense[key] / after[key]
-        return summary
-
-
-_TABLE_COLUMNS = ("stage", "name", "out_removed", "in_removed")
+    def decide_stage(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any
+    ) -> StageChange:
+        """Prunes the stage's fraction of the remaining channels (or of the parameters, with a target ratio)."""
+        config = self.config.replace(pruning_ratio=self.step_ratio)
+        if self.config.target_params_ratio is not None:
+            stage_target = self._dense["params"] / self.config.target_params_ratio ** ((stage + 1) / self.steps)
+            config = config.replace(target_params_ratio=max(count_parameters(pl_module) / stage_target, 1.0 + 1e-6))
+        entries = prune_(pl_module, example, config, filter_fn=self.filter_fn)
+        for entry in entries:
+            entry["stage"] = stage
+        return StageChange(entries, _layer_rows(entries, stage))
 
 
 def _layer_rows(entries: list[dict[str, Any]], stage: int) -> list[dict[str, Any]]:
@@ -369,12 +204,3 @@ def _layer_rows(entries: list[dict[str, Any]], stage: int) -> list[dict[str, Any
         {"stage": stage, "name": name, "out_removed": counts["out"], "in_removed": counts["in"]}
         for name, counts in removed.items()
     ]
-
-
-def _format_summary(summary: dict[str, Any]) -> str:
-    parts = [f"stage {summary.get('stage')}"]
-    for key in ("params", "bytes", "macs"):
-        if f"{key}_before" in summary:
-            parts.append(f"{key} {summary[f'{key}_before']:,} -> {summary[f'{key}_after']:,}")
-    parts.append(f"params ratio {summary.get('params_ratio', math.nan):.2f}x")
-    return ", ".join(parts)

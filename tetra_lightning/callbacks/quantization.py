@@ -13,14 +13,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from tetra_lightning.callbacks._checks import check_int
+from tetra_lightning.callbacks._staged import StageSchedule, check_schedule_fits
 from tetra_lightning.callbacks._surgery import (
+    after_rewrite,
+    check_strategy,
     install_restore_hook,
-    rebuild_optimizers,
     remove_restore_hook,
     replay_from_trainer_ckpt,
-    rewrap_ddp,
 )
 from tetra_lightning.checkpoint import CHECKPOINT_KEY
+from tetra_lightning.quantize import check_mode, convert_int8, export_model, prepare_int8, quantize_
+from tetra_lightning.report import count_bytes
 
 __all__ = ["QuantizationCallback"]
 
@@ -69,30 +73,17 @@ class QuantizationCallback(Callback):
         calibration_batches: int = 8,
         export_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        from tetra_lightning.quantize import check_mode
-
         check_mode(mode)
-        if qat_start_epoch is not None:
-            if (
-                isinstance(qat_start_epoch, bool)
-                or not isinstance(qat_start_epoch, int)
-                or qat_start_epoch < 0
-            ):
-                raise ValueError(
-                    f"`qat_start_epoch` must be None or an int >= 0, got {qat_start_epoch!r}. Pass e.g. "
-                    "qat_start_epoch=1 to fine-tune with fake quantization from epoch 1."
-                )
-            if mode != "int8":
-                raise ValueError(
-                    f"`qat_start_epoch` needs mode='int8' (fake quantization of int8), got mode={mode!r}. "
-                    "Pass qat_start_epoch=None for weight-only modes."
-                )
-        if (
-            isinstance(calibration_batches, bool)
-            or not isinstance(calibration_batches, int)
-            or calibration_batches < 1
-        ):
-            raise ValueError(f"`calibration_batches` must be an int >= 1, got {calibration_batches!r}.")
+        check_int(
+            "qat_start_epoch", qat_start_epoch, 0,
+            "Pass e.g. qat_start_epoch=1 to fine-tune with fake quantization from epoch 1.", optional=True,
+        )
+        if qat_start_epoch is not None and mode != "int8":
+            raise ValueError(
+                f"`qat_start_epoch` needs mode='int8' (fake quantization of int8), got mode={mode!r}. "
+                "Pass qat_start_epoch=None for weight-only modes."
+            )
+        check_int("calibration_batches", calibration_batches, 1)
         self.mode = mode
         self.qat_start_epoch = qat_start_epoch
         self.submodule = submodule
@@ -109,16 +100,10 @@ class QuantizationCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        max_epochs = trainer.max_epochs
-        if (
-            self.qat_start_epoch is not None
-            and max_epochs is not None
-            and 0 <= max_epochs <= self.qat_start_epoch
-        ):
-            raise MisconfigurationException(
-                f"QuantizationCallback would start QAT at epoch {self.qat_start_epoch} but the Trainer stops after "
-                f"max_epochs={max_epochs}. Pass qat_start_epoch < {max_epochs} or raise `max_epochs`."
-            )
+        if self.qat_start_epoch is not None:  # QAT rewrites the network mid-fit, like the structural callbacks
+            check_strategy(trainer, "QuantizationCallback")
+            qat = StageSchedule((self.qat_start_epoch,), description=f"qat_start_epoch={self.qat_start_epoch}")
+            check_schedule_fits(trainer, qat, "QuantizationCallback", "start QAT")
         self._name = self._resolve(pl_module)
         self._watch(pl_module)
         # A checkpoint written during QAT holds the fake-quantized network: prepare it again before the weights load.
@@ -177,8 +162,6 @@ class QuantizationCallback(Callback):
             return
         from torchao.quantization.pt2e import allow_exported_model_train_eval
 
-        from tetra_lightning.quantize import prepare_int8
-
         self._ensure_example(trainer, pl_module)
         self._unwatch()
         network = pl_module.get_submodule(self._name)
@@ -186,9 +169,7 @@ class QuantizationCallback(Callback):
         allow_exported_model_train_eval(prepared)  # Lightning switches train/eval around validation
         prepared.train()
         setattr(pl_module, self._name, prepared)
-        pl_module.to(trainer.strategy.root_device)
-        rewrap_ddp(trainer)
-        rebuild_optimizers(trainer)
+        after_rewrite(trainer, pl_module)
         self.qat_active = True
         rank_zero_info(
             f"QuantizationCallback: fake quantization of `{self._name}` from epoch {trainer.current_epoch}."
@@ -198,9 +179,6 @@ class QuantizationCallback(Callback):
         self._unwatch()
         if not trainer.is_global_zero:
             return
-        from tetra_lightning.quantize import convert_int8, prepare_int8, quantize_
-        from tetra_lightning.report import count_bytes
-
         self._ensure_example(trainer, pl_module)
         network = pl_module.get_submodule(self._name)
         was_training = pl_module.training
@@ -272,8 +250,6 @@ class QuantizationCallback(Callback):
         Raises:
             RuntimeError: before ``fit`` has ended (nothing quantized yet).
         """
-        from tetra_lightning.quantize import export_model
-
         if self.quantized_model is None:
             raise RuntimeError(
                 "QuantizationCallback.export: nothing is quantized yet; call it after `trainer.fit`."

@@ -17,7 +17,7 @@ from tetra_lightning.data.cifar10 import (
     load_cifar10_subset,
     load_cifar10_torchvision,
 )
-from tetra_lightning.data.digits import DigitsDataModule, load_digits_tensors
+from tetra_lightning.data.digits import DigitsDataModule, HeldOutDigitsDataModule, load_digits_tensors
 from tetra_lightning.data.loader import InMemoryBatchLoader
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "CIFAR10Arrays",
     "CIFAR10DataModule",
     "DigitsDataModule",
+    "HeldOutDigitsDataModule",
     "InMemoryBatchLoader",
     "crop_flip",
     "decode_jpeg_packed",

@@ -1,6 +1,7 @@
 """scikit-learn's bundled handwritten digits (1797 images, 8x8, 10 classes) as a tiny in-memory DataModule.
 
-The data ships inside scikit-learn, so demos and tests run without any download.
+The data ships inside scikit-learn, so demos and tests run without any download. :class:`HeldOutDigitsDataModule`
+adds a test split that no tuning choice sees.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from tetra_lightning.data.loader import InMemoryBatchLoader
 
-__all__ = ["DigitsDataModule", "load_digits_tensors"]
+__all__ = ["DigitsDataModule", "HeldOutDigitsDataModule", "load_digits_tensors"]
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -137,3 +138,65 @@ class DigitsDataModule(LightningDataModule):
         if shuffle and trainer is not None:
             loader.epoch = trainer.current_epoch
         return loader
+
+
+class HeldOutDigitsDataModule(DigitsDataModule):
+    """The digits split three ways: train, validation (tuning and monitoring) and a held-out test split.
+
+    :class:`~tetra_lightning.data.DigitsDataModule` validates and tests on the same split; the demo selects the
+    best trial on the validation split, so its test accuracy must come from images that no choice saw. The test
+    split is drawn first with ``seed``, so it is the same for every batch size and validation fraction.
+
+    Args:
+        batch_size: training batch size.
+        val_fraction: fraction of the images left after the test split that are held out for validation.
+        test_fraction: fraction of all 1797 images held out for testing, in (0, 1).
+        seed: seed of the split and the shuffling.
+
+    Raises:
+        ValueError: for a non-positive ``batch_size`` or a fraction outside (0, 1).
+
+    Example:
+        >>> dm = HeldOutDigitsDataModule(batch_size=32)
+        >>> dm.setup("fit")
+        >>> dm.num_train, dm.num_val, dm.num_test
+        (1150, 288, 359)
+    """
+
+    def __init__(
+        self, batch_size: int = 64, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0
+    ) -> None:
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed)
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(
+                f"`test_fraction` must be in (0, 1), got {test_fraction!r}. Pass e.g. `test_fraction=0.2`."
+            )
+        self.test_fraction = test_fraction
+
+    @property
+    def num_test(self) -> int:
+        """Test images (after :meth:`setup`)."""
+        return self._splits["test"][0].shape[0]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the digits and split them into train, validation and test (once)."""
+        if self._splits:
+            return
+        images, labels = load_digits_tensors()
+        order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(self.seed))
+        num_test = round(self.test_fraction * images.shape[0])
+        num_val = round(self.val_fraction * (images.shape[0] - num_test))
+        test_index = order[:num_test]
+        val_index = order[num_test : num_test + num_val]
+        train_index = order[num_test + num_val :]
+        mean, std = images[train_index].mean(), images[train_index].std()
+        images = (images - mean) / std
+        self._splits = {
+            "train": (images[train_index], labels[train_index]),
+            "val": (images[val_index], labels[val_index]),
+            "test": (images[test_index], labels[test_index]),
+        }
+
+    def test_dataloader(self) -> InMemoryBatchLoader:
+        """The held-out test split, in order."""
+        return self._loader("test", shuffle=False)

@@ -16,6 +16,7 @@ from tetra_lightning.decompose.configs import (
 )
 from tetra_lightning.decompose.core import compress_, decompose_layer, recompose_, restore_structure
 from tetra_lightning.decompose.cp import CPConv2d
+from tetra_lightning.decompose.embedding import TTEmbedding
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
 from tetra_lightning.decompose.svd import SVDConv2d, SVDLinear
 from tetra_lightning.decompose.tt import TTConv2d, TTLinear
@@ -31,6 +32,7 @@ __all__ = [
     "SVDLinear",
     "TTConfig",
     "TTConv2d",
+    "TTEmbedding",
     "TTLinear",
     "TuckerConfig",
     "TuckerConv2d",

@@ -46,6 +46,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from tetra_lightning.decompose.base import FactorizedLayer
+from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TuckerConfig
+from tetra_lightning.decompose.core import decompose_layer
+from tetra_lightning.decompose.methods import MethodSpec, factorization
+from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
+
 __all__ = [
     "AllocationPlan",
     "LayerCurve",
@@ -58,12 +64,13 @@ __all__ = [
 ]
 
 ALLOCATIONS = ("greedy", "capped", "fisher", "fisher_capped")
+#: ``method="auto"`` allocates on the envelope of these methods' curves (both reliable), then fits per layer.
+AUTO_ENVELOPE: tuple[type[DecompositionConfig], ...] = (SVDConfig, TuckerConfig)
 
 
 FilterFn = Callable[[nn.Module, str], bool]
 ErrorWeightFn = Callable[[str, nn.Module], float]
 
-_ANALYTIC = ("svd", "tucker", "cp")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,16 @@ class RankOption:
     ranks: tuple[int, ...]
     params: int
     error: float
+
+    def config(self) -> DecompositionConfig:
+        """The config that factorizes a layer at this option's ranks (not for ``"keep"``).
+
+        Example:
+            >>> RankOption(TuckerConfig.method, (8, 4), 1000, 0.1).config()
+            TuckerConfig(rank=(8, 4), energy=None, n_iter_max=0)
+        """
+        rank: Any = self.ranks if len(self.ranks) > 1 else self.ranks[0]
+        return factorization(self.method).config_class(rank=rank)
 
 
 @dataclass
@@ -154,8 +171,6 @@ def compressible_layers(
         >>> list(layers), sorted(skipped)
         (['1'], ['0', '3'])
     """
-    from tetra_lightning.decompose import FactorizedLayer
-
     candidates: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
     factorized_prefixes: list[str] = []
@@ -188,8 +203,6 @@ def compressible_layers(
 
 
 def _dense_weight(layer: nn.Module) -> torch.Tensor:
-    from tetra_lightning.decompose import FactorizedLayer
-
     weight = layer.dense_weight() if isinstance(layer, FactorizedLayer) else layer.weight
     return weight.detach().to(device="cpu", dtype=torch.float64)
 
@@ -210,9 +223,7 @@ def _tail(tails: list[float], rank: int) -> float:
     return tails[min(rank, len(tails) - 1)]
 
 
-def _count(layer: nn.Module, method: str, ranks: tuple[int, ...]) -> int:
-    from tetra_lightning.decompose import factorized_param_count
-
+def _count(layer: nn.Module, method: MethodSpec, ranks: tuple[int, ...]) -> int:
     return int(factorized_param_count(layer, method, ranks))
 
 
@@ -231,10 +242,10 @@ def _svd_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: in
     tails = _tails(_squared_singular_values(matrix))
     options = []
     for rank in range(1, min(matrix.shape) + 1):
-        params = _count(layer, "svd", (rank,))
+        params = _count(layer, SVDConfig, (rank,))
         if params >= limit:
             break
-        options.append(RankOption("svd", (rank,), params, _tail(tails, rank) / norm_sq))
+        options.append(RankOption(SVDConfig.method, (rank,), params, _tail(tails, rank) / norm_sq))
     return options
 
 
@@ -250,20 +261,20 @@ def _tucker_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit:
     tails_out, tails_in = _tucker_tails(weight)
     rank_out, rank_in = len(tails_out) - 1, len(tails_in) - 1
     options = []
-    params = _count(layer, "tucker", (rank_out, rank_in))
+    params = _count(layer, TuckerConfig, (rank_out, rank_in))
     while rank_out >= 1 and rank_in >= 1:
         if params < limit:
             error = (_tail(tails_out, rank_out) + _tail(tails_in, rank_in)) / norm_sq
-            options.append(RankOption("tucker", (rank_out, rank_in), params, error))
+            options.append(RankOption(TuckerConfig.method, (rank_out, rank_in), params, error))
         if rank_out == 1 and rank_in == 1:
             break
         # Lower the rank whose tail energy grows least per parameter saved (a path through the 2-D rank grid).
         moves = []
         if rank_out > 1:
-            p = _count(layer, "tucker", (rank_out - 1, rank_in))
+            p = _count(layer, TuckerConfig, (rank_out - 1, rank_in))
             moves.append(((tails_out[rank_out - 1] - tails_out[rank_out]) / max(params - p, 1), 0, p))
         if rank_in > 1:
-            p = _count(layer, "tucker", (rank_out, rank_in - 1))
+            p = _count(layer, TuckerConfig, (rank_out, rank_in - 1))
             moves.append(((tails_in[rank_in - 1] - tails_in[rank_in]) / max(params - p, 1), 1, p))
         _, which, params = min(moves)
         if which == 0:
@@ -281,44 +292,52 @@ def _cp_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int
     options = []
     rank = 1
     while True:
-        params = _count(layer, "cp", (rank,))
+        params = _count(layer, CPConfig, (rank,))
         if params >= limit:
             break
         error = (_tail(tails_out, rank) + _tail(tails_in, rank)) / norm_sq
         if weight.dim() != 4:
             error = _tail(tails_out, rank) / norm_sq
-        options.append(RankOption("cp", (rank,), params, error))
+        options.append(RankOption(CPConfig.method, (rank,), params, error))
         rank += 1
     return options
 
 
-def _sampled_curve(layer: nn.Module, method: str, limit: int, samples: int = 12) -> list[RankOption]:
-    from tetra_lightning.decompose import config_from_dict, decompose_layer, resolve_ranks
-
+def _sampled_curve(layer: nn.Module, method: MethodSpec, limit: int, samples: int = 12) -> list[RankOption]:
+    config_class = factorization(method).config_class
     options: dict[tuple[int, ...], RankOption] = {}
     for step in range(1, samples + 1):
-        config = config_from_dict({"method": method, "rank": step / (samples + 1)})
+        config = config_class(rank=step / (samples + 1))
         try:
             ranks = tuple(int(r) for r in resolve_ranks(layer, config))
-            params = _count(layer, method, ranks)
+            params = _count(layer, config_class, ranks)
             if params >= limit or ranks in options:
                 continue
-            factorized = decompose_layer(layer, config_from_dict({"method": method, "rank": ranks}))
+            factorized = decompose_layer(layer, config_class(rank=ranks))
         except (TypeError, ValueError):
             continue
         error = float(factorized.rel_error) ** 2
         if math.isfinite(error):
-            options[ranks] = RankOption(method, ranks, params, error)
+            options[ranks] = RankOption(config_class.method, ranks, params, error)
     return list(options.values())
 
 
-def layer_error_curve(layer: nn.Module, method: str) -> list[RankOption]:
+CurveFn = Callable[[nn.Module, torch.Tensor, float, int], list[RankOption]]
+#: Methods whose error curve comes from singular values; the others are sampled by decomposing.
+_ANALYTIC_CURVES: dict[type[DecompositionConfig], CurveFn] = {
+    SVDConfig: _svd_curve,
+    TuckerConfig: _tucker_curve,
+    CPConfig: _cp_curve,
+}
+
+
+def layer_error_curve(layer: nn.Module, method: MethodSpec) -> list[RankOption]:
     """All options of one method for one layer that save parameters, with estimated relative squared errors.
 
     Args:
         layer: ``nn.Linear``, ``nn.Conv2d`` or a factorized layer (then its current dense weight is the
             reference and only options smaller than its current parameter count are listed).
-        method: ``"svd"``, ``"tucker"``, ``"cp"`` or ``"tt"``.
+        method: ``"svd"``, ``"tucker"``, ``"cp"`` or ``"tt"`` (or a config class).
 
     Returns:
         Options (unsorted, not Pareto-filtered); empty when the method does not apply or cannot save parameters.
@@ -336,13 +355,11 @@ def layer_error_curve(layer: nn.Module, method: str) -> list[RankOption]:
     limit = sum(p.numel() for p in layer.parameters())
     norm_sq = float(weight.pow(2).sum()) or 1.0
     try:
-        if method == "svd":
-            return _svd_curve(layer, weight, norm_sq, limit)
-        if method == "tucker":
-            return _tucker_curve(layer, weight, norm_sq, limit)
-        if method == "cp":
-            return _cp_curve(layer, weight, norm_sq, limit)
-        return _sampled_curve(layer, method, limit)
+        config_class = factorization(method).config_class
+        curve = _ANALYTIC_CURVES.get(config_class)
+        if curve is not None:
+            return curve(layer, weight, norm_sq, limit)
+        return _sampled_curve(layer, config_class, limit)
     except (TypeError, ValueError):
         # The method does not support this layer type (e.g. Tucker-2 of a Linear layer).
         return []
@@ -574,7 +591,7 @@ def allocate_ranks(
     skipped: dict[str, str] = {}
     if layers is None:
         layers, skipped = compressible_layers(model, filter_fn, min_layer_params)
-    methods = ("svd", "tucker") if method == "auto" else (method,)
+    methods = [cls.method for cls in AUTO_ENVELOPE] if method == "auto" else [method]
 
     def unit(layer: nn.Module) -> int:
         if metric == "bytes":
@@ -667,17 +684,13 @@ def choose_method(
         >>> config.method in errors and errors[config.method] == min(errors.values())
         True
     """
-    from tetra_lightning.decompose import config_from_dict, decompose_layer
-
     errors: dict[str, float] = {}
     best: tuple[float, int, Any] | None = None
     for order, method in enumerate(methods):
         option = _best_option_within(layer_error_curve(layer, method), budget)
         if option is None:
             continue
-        config = config_from_dict(
-            {"method": method, "rank": option.ranks if len(option.ranks) > 1 else option.ranks[0]}
-        )
+        config = option.config()
         try:
             factorized = decompose_layer(layer, config)
         except (TypeError, ValueError):

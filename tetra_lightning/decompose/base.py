@@ -91,8 +91,6 @@ class FactorizedLayer(nn.Module, ABC):
         """
         name = spec.get("class")
         if name not in _REGISTRY:
-            import tetra_lightning.lowrank.layers  # noqa: F401  (registers TTEmbedding and the TT-RNN maps)
-        if name not in _REGISTRY:
             raise ValueError(
                 f"Unknown factorized layer class {name!r} in `spec['class']`; known: {sorted(_REGISTRY)}. "
                 "Pass a spec produced by `FactorizedLayer.spec()`."

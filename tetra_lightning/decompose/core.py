@@ -9,19 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from tetra_lightning.checkpoint import DEFAULT_KIND, register_history_kind
 from tetra_lightning.decompose.base import FactorizedLayer
-from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, TTConfig, TuckerConfig
-from tetra_lightning.decompose.cp import CPConv2d
-from tetra_lightning.decompose.ranks import (
-    check_method,
-    factorized_param_count,
-    layer_shape,
-    resolve_ranks,
-    tt_modes,
+from tetra_lightning.decompose.configs import DecompositionConfig, TTConfig
+from tetra_lightning.decompose.embedding import (
+    embedding_unsupported,
+    tt_embedding_from_config,
+    tt_embedding_kwargs,
+    tt_embedding_params,
 )
-from tetra_lightning.decompose.svd import SVDConv2d, SVDLinear
-from tetra_lightning.decompose.tt import TTConv2d, TTLinear
-from tetra_lightning.decompose.tucker import TuckerConv2d
+from tetra_lightning.decompose.methods import factorization
+from tetra_lightning.decompose.ranks import check_method, factorized_param_count, layer_shape, resolve_ranks
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -32,31 +30,10 @@ def _count(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
-def _build(layer: nn.Linear | nn.Conv2d, config: DecompositionConfig, ranks: tuple[int, ...]) -> FactorizedLayer:
-    shape = layer_shape(layer)
-    method = config.method
-    if method == "svd":
-        if shape.kind == "linear":
-            return SVDLinear.from_dense(layer, ranks[0])
-        return SVDConv2d.from_dense(layer, ranks[0])
-    if method == "tucker":
-        assert isinstance(config, TuckerConfig)
-        return TuckerConv2d.from_dense(layer, (ranks[0], ranks[1]), n_iter_max=config.n_iter_max)
-    if method == "cp":
-        assert isinstance(config, CPConfig)
-        return CPConv2d.from_dense(
-            layer, ranks[0], n_iter_max=config.n_iter_max, l2_reg=config.l2_reg, tol=config.tol, init=config.init
-        )
-    in_modes, out_modes = tt_modes(shape, config)
-    if shape.kind == "linear":
-        return TTLinear.from_dense(layer, ranks, in_modes, out_modes)
-    return TTConv2d.from_dense(layer, ranks, in_modes, out_modes)
-
-
 def _decompose(layer: nn.Module, config: DecompositionConfig, ranks: tuple[int, ...]) -> FactorizedLayer:
     dense = layer.to_dense() if isinstance(layer, FactorizedLayer) else layer
     with torch.no_grad():
-        module = _build(dense, config, ranks)  # type: ignore[arg-type]
+        module = factorization(config).build(dense, ranks, config)  # type: ignore[arg-type]
     module.train(layer.training)
     trainable = any(parameter.requires_grad for parameter in layer.parameters())
     module.requires_grad_(trainable)
@@ -272,7 +249,7 @@ def compress_(
             history.append(_skip(name, layer_config, module, str(error)))
             continue
         try:
-            check_method(shape, layer_config.method)
+            check_method(shape, layer_config)
         except TypeError as error:
             if explicit:
                 raise
@@ -287,7 +264,7 @@ def compress_(
             history.append(_skip(name, layer_config, module, str(error)))
             continue
         params_before = _count(module)
-        params_after = factorized_param_count(module, layer_config.method, ranks, layer_config)
+        params_after = factorized_param_count(module, layer_config, ranks, layer_config)
         if params_after >= params_before:
             history.append(
                 _skip(
@@ -316,13 +293,6 @@ def compress_(
 def _compress_embedding(
     model: nn.Module, name: str, module: nn.Embedding, config: DecompositionConfig, explicit: bool
 ) -> dict[str, Any]:
-    from tetra_lightning.decompose.embedding import (
-        embedding_unsupported,
-        tt_embedding_from_config,
-        tt_embedding_kwargs,
-        tt_embedding_params,
-    )
-
     reason = embedding_unsupported(module, config)
     if reason is not None:
         if explicit:
@@ -449,3 +419,7 @@ def recompose_(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict
             }
         )
     return history
+
+
+# compress_, recompose_ and shrink_ entries: named layers rebuilt from their specs (see restore_structure).
+register_history_kind(DEFAULT_KIND, restore_structure, ("name", "method", "spec", "ranks", "skipped"))

@@ -19,6 +19,9 @@ from tetra_lightning.decompose.base import (
     relative_error,
 )
 
+#: Bond ranks of a TT layer built from shapes: one int for every bond, or one int per bond.
+RankArg = int | Sequence[int]
+
 
 def _prime_factors(number: int) -> list[int]:
     factors, divisor = [], 2
@@ -350,3 +353,48 @@ def tt_bounds_linear(in_modes: Sequence[int], out_modes: Sequence[int]) -> list[
 def tt_bounds_conv(kernel_size: Sequence[int], in_modes: Sequence[int], out_modes: Sequence[int]) -> list[int]:
     """Maximum bond ranks of a TT-conv."""
     return tt_rank_bounds(tt_conv_dims(kernel_size, in_modes, out_modes))
+
+
+def bond_ranks(ranks: RankArg, bounds: Sequence[int], owner: str) -> list[int]:
+    """Bond ranks from one int or one int per bond, capped at each bond's maximum ``bounds``.
+
+    Raises:
+        TypeError: for ranks that are neither an int nor a sequence of ints.
+        ValueError: for the wrong number of ranks or a rank < 1.
+
+    Example:
+        >>> bond_ranks(8, [4, 16], "TTLinear")
+        [4, 8]
+    """
+    if isinstance(ranks, bool) or not isinstance(ranks, (int, Sequence)):
+        raise TypeError(f"`ranks` of {owner} must be an int or a sequence of ints, got {type(ranks).__name__}.")
+    values = [int(ranks)] * len(bounds) if isinstance(ranks, int) else [int(r) for r in ranks]
+    if len(values) != len(bounds) or any(r < 1 for r in values):
+        raise ValueError(
+            f"`ranks` of {owner} must be one int >= 1 or {len(bounds)} ints >= 1 (one per bond), got {ranks!r}. "
+            f"Pass e.g. ranks=8."
+        )
+    # A bond rank above what the unfolding allows only adds redundant parameters: cap it.
+    return [min(r, b) for r, b in zip(values, bounds, strict=True)]
+
+
+def khrulkov_init_(factors: Sequence[Tensor], ranks: Sequence[int], variance: float) -> None:
+    """Draw every factor from ``N(0, s^2)`` so that the contracted tensor's entries have variance ``variance``.
+
+    Args:
+        factors: the TT factors (parameters), modified in place.
+        ranks: the bond ranks summed over in the contraction.
+        variance: target variance of one entry of the full tensor.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> cores = [torch.empty(1, 512, 8), torch.empty(8, 512, 1)]
+        >>> khrulkov_init_(cores, [8], variance=0.5)
+        >>> round(float((cores[0][0] @ cores[1][:, :, 0]).var()), 1)
+        0.5
+    """
+    std = (variance / math.prod(int(r) for r in ranks)) ** (1.0 / (2 * len(factors)))
+    with torch.no_grad():
+        for factor in factors:
+            factor.normal_(0.0, std)

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from tetra_lightning.decompose.base import FactorizedLayer
+from tetra_lightning.decompose.embedding import TTEmbedding
 from tetra_lightning.decompose.svd import SVDConv2d, SVDLinear
-from tetra_lightning.decompose.tt import TTConv2d
+from tetra_lightning.decompose.tt import TTConv2d, TTLinear
 
 __all__ = [
     "GammaGaussianPrior",
@@ -48,9 +48,8 @@ def _tt_cores(layer: nn.Module) -> list[Tensor] | None:
     if isinstance(layer, TTConv2d):
         spatial = layer.spatial.weight.reshape(layer.spatial.out_channels, -1).T[None]  # (1, kh kw, r_0)
         return [spatial, *layer.cores]
-    cores = getattr(layer, "cores", None)
-    if isinstance(cores, nn.ParameterList) and isinstance(layer, FactorizedLayer) and layer.method == "tt":
-        return list(cores)
+    if isinstance(layer, (TTLinear, TTEmbedding)):
+        return list(layer.cores)
     return None
 
 

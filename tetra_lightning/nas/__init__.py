@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tetra_lightning.nas.api import NATSBenchObjective, TimeBudgetExhausted
-from tetra_lightning.nas.networks import SSS_GENOTYPE, NATSNetwork, build_nats_network, nats_layer_channels
+from tetra_lightning.nas.networks import SSS_GENOTYPE, NATSNetwork, nats_layer_channels
 from tetra_lightning.nas.objective import (
     DATASETS,
     EDGES,
@@ -18,6 +18,7 @@ from tetra_lightning.nas.spaces import (
     SSS_CHANNELS,
     NATSSizeSpace,
     NATSTopologySpace,
+    build_nats_network,
     get_nats_space,
 )
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from tetra_lightning.nas.networks import build_nats_network
+from tetra_lightning.nas.spaces import build_nats_network
 
 __all__ = ["NATSLightningModule"]
 

@@ -16,12 +16,14 @@ preceded by a 1x1 ReLU-Conv-BN when the channels change). Edges leaving node 0 m
 to its output channels; all other edges keep the output channels. Parameter counts equal the benchmark's
 (``params`` = all parameters incl. BN affine ones): e.g. 73,306 for the all-``none`` cell and 1,531,546 for
 the all-``nor_conv_3x3`` cell on CIFAR-10.
+
+:class:`NATSNetwork` takes resolved ops and channels; turning an architecture (string, index, params dict) into
+them is the spaces' job (:func:`~tetra_lightning.nas.spaces.build_nats_network`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -34,7 +36,6 @@ __all__ = [
     "NATSNetwork",
     "ReLUConvBN",
     "ResNetBasicblock",
-    "build_nats_network",
     "nats_layer_channels",
 ]
 
@@ -229,55 +230,3 @@ def nats_layer_channels(C: int = 16, N: int = 5) -> list[int]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}. The benchmark uses C=16, N=5.")
     return [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
-
-
-def build_nats_network(arch: Any, num_classes: int = 10, C: int = 16, N: int = 5, *, space: str | None = None,
-                       in_channels: int = 3, affine: bool = True, track_running_stats: bool = True) -> NATSNetwork:
-    """Build the NATS-Bench network of an architecture of the topology (tss) or the size (sss) space.
-
-    Args:
-        arch: tss: an official string ``"|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"``, the 6 edge ops or a params dict
-            of :class:`~tetra_lightning.nas.NATSTopologySpace`; sss: a size string ``"64:32:48:16:64"``, the 5
-            channel counts or a params dict of :class:`~tetra_lightning.nas.NATSSizeSpace`; either: an
-            ``arch_index`` together with ``space``.
-        num_classes: classifier outputs (10 for CIFAR-10, 100 for CIFAR-100, 120 for ImageNet16-120).
-        C: channels of the first stage (tss only; the benchmark uses 16).
-        N: cells per stage (tss only; the benchmark uses 5).
-        space: ``"tss"`` or ``"sss"``; needed only when ``arch`` is an index or a params dict.
-        in_channels: image channels.
-        affine: learnable BN scale/shift.
-        track_running_stats: BN running statistics.
-
-    Returns:
-        A :class:`NATSNetwork` mapping ``(B, in_channels, H, W)`` images to ``(B, num_classes)`` logits.
-
-    Raises:
-        ValueError: for an architecture of neither space, an index without ``space``, or bad ``C``/``N``.
-
-    Example:
-        >>> net = build_nats_network("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
-        >>> sum(p.numel() for p in net.parameters())  # the benchmark's 0.073306 MB
-        73306
-        >>> sum(p.numel() for p in build_nats_network("64:64:64:64:64").parameters())
-        713674
-    """
-    from tetra_lightning.nas.spaces import get_nats_space  # the spaces import this module's constants lazily
-
-    if space is not None:
-        resolved = get_nats_space(space)
-        name, value = resolved.name, resolved.arch_str(arch)
-    elif isinstance(arch, str):
-        name, value = ("tss", arch) if "~" in arch else ("sss", arch)
-    elif isinstance(arch, (Mapping, int)):
-        raise ValueError(f"`arch` {arch!r} needs `space='tss'` or `space='sss'` to be resolved.")
-    else:
-        items = list(arch)
-        name = "tss" if all(isinstance(x, str) for x in items) else "sss"
-        value = get_nats_space(name).arch_str(items)
-    if name == "tss":
-        ops = get_nats_space("tss").ops(value)
-        channels = nats_layer_channels(C, N)
-    else:
-        ops = arch_str_to_ops(SSS_GENOTYPE)
-        channels = list(get_nats_space("sss").channels(value))
-    return NATSNetwork(ops, channels, num_classes, in_channels, affine, track_running_stats)

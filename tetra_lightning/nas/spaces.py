@@ -21,12 +21,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from torch import nn
 
+from tetra_lightning.nas.networks import SSS_GENOTYPE, NATSNetwork, nats_layer_channels
 from tetra_lightning.nas.objective import EDGES, NB201_OPS, arch_str_to_ops, ops_to_arch_str
 from tetra_lightning.optim.space import Categorical, SearchSpace
 
-__all__ = ["NATS_SPACES", "SSS_CHANNELS", "NATSSizeSpace", "NATSTopologySpace", "get_nats_space"]
+__all__ = [
+    "NATS_SPACES",
+    "SSS_CHANNELS",
+    "NATSSizeSpace",
+    "NATSTopologySpace",
+    "build_nats_network",
+    "get_nats_space",
+]
 
 SSS_CHANNELS: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 56, 64)
 _TSS_SHUFFLE_SEED = 88  # exps/NATS-Bench/main-tss.py: "please do not change this line for reproducibility"
@@ -121,10 +128,8 @@ class NATSTopologySpace:
         """Params dict (edge -> op), a point of :meth:`search_space`, of a string, index or op list."""
         return dict(zip(EDGES, self.ops(arch), strict=True))
 
-    def build_network(self, arch: Any, num_classes: int = 10, C: int = 16, N: int = 5, **kwargs: Any) -> nn.Module:
+    def build_network(self, arch: Any, num_classes: int = 10, C: int = 16, N: int = 5, **kwargs: Any) -> NATSNetwork:
         """The cell network of ``arch`` (see :func:`~tetra_lightning.nas.build_nats_network`)."""
-        from tetra_lightning.nas.networks import build_nats_network
-
         return build_nats_network(self.arch_str(arch), num_classes, C, N, **kwargs)
 
 
@@ -210,10 +215,8 @@ class NATSSizeSpace:
         """Params dict (layer -> channels), a point of :meth:`search_space`, of a string, index or list."""
         return dict(zip(self.dimensions, self.channels(arch), strict=True))
 
-    def build_network(self, arch: Any, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    def build_network(self, arch: Any, num_classes: int = 10, **kwargs: Any) -> NATSNetwork:
         """The size-space network of ``arch`` (fixed cell, see :func:`~tetra_lightning.nas.build_nats_network`)."""
-        from tetra_lightning.nas.networks import build_nats_network
-
         return build_nats_network(self.arch_str(arch), num_classes, **kwargs)
 
 
@@ -236,3 +239,53 @@ def get_nats_space(name: str) -> NATSTopologySpace | NATSSizeSpace:
         return NATS_SPACES[name]()
     except (KeyError, TypeError):
         raise ValueError(f"unknown NATS-Bench space {name!r}; use one of {sorted(NATS_SPACES)}.") from None
+
+
+def build_nats_network(arch: Any, num_classes: int = 10, C: int = 16, N: int = 5, *, space: str | None = None,
+                       in_channels: int = 3, affine: bool = True, track_running_stats: bool = True) -> NATSNetwork:
+    """Build the NATS-Bench network of an architecture of the topology (tss) or the size (sss) space.
+
+    Args:
+        arch: tss: an official string ``"|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"``, the 6 edge ops or a params dict
+            of :class:`~tetra_lightning.nas.NATSTopologySpace`; sss: a size string ``"64:32:48:16:64"``, the 5
+            channel counts or a params dict of :class:`~tetra_lightning.nas.NATSSizeSpace`; either: an
+            ``arch_index`` together with ``space``.
+        num_classes: classifier outputs (10 for CIFAR-10, 100 for CIFAR-100, 120 for ImageNet16-120).
+        C: channels of the first stage (tss only; the benchmark uses 16).
+        N: cells per stage (tss only; the benchmark uses 5).
+        space: ``"tss"`` or ``"sss"``; needed only when ``arch`` is an index or a params dict.
+        in_channels: image channels.
+        affine: learnable BN scale/shift.
+        track_running_stats: BN running statistics.
+
+    Returns:
+        A :class:`NATSNetwork` mapping ``(B, in_channels, H, W)`` images to ``(B, num_classes)`` logits.
+
+    Raises:
+        ValueError: for an architecture of neither space, an index without ``space``, or bad ``C``/``N``.
+
+    Example:
+        >>> net = build_nats_network("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+        >>> sum(p.numel() for p in net.parameters())  # the benchmark's 0.073306 MB
+        73306
+        >>> sum(p.numel() for p in build_nats_network("64:64:64:64:64").parameters())
+        713674
+    """
+    if space is not None:
+        resolved = get_nats_space(space)
+        name, value = resolved.name, resolved.arch_str(arch)
+    elif isinstance(arch, str):
+        name, value = ("tss", arch) if "~" in arch else ("sss", arch)
+    elif isinstance(arch, (Mapping, int)):
+        raise ValueError(f"`arch` {arch!r} needs `space='tss'` or `space='sss'` to be resolved.")
+    else:
+        items = list(arch)
+        name = "tss" if all(isinstance(x, str) for x in items) else "sss"
+        value = get_nats_space(name).arch_str(items)
+    if name == "tss":
+        ops = get_nats_space("tss").ops(value)
+        channels = nats_layer_channels(C, N)
+    else:
+        ops = arch_str_to_ops(SSS_GENOTYPE)
+        channels = list(get_nats_space("sss").channels(value))
+    return NATSNetwork(ops, channels, num_classes, in_channels, affine, track_running_stats)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from tetra_lightning.prune.config import IMPORTANCES, PruneConfig, check_prune_arguments
 from tetra_lightning.prune.core import (
-    IMPORTANCES,
-    check_prune_arguments,
     output_layers,
     prune_,
     pruned_shapes,
@@ -21,6 +20,7 @@ from tetra_lightning.prune.replay import (
 __all__ = [
     "IMPORTANCES",
     "PrunableMixin",
+    "PruneConfig",
     "check_prune_arguments",
     "entry_key",
     "is_prune_entry",

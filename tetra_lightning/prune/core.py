@@ -13,69 +13,19 @@ model (no example input, no dependency graph needed), after which the pruned ``s
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["IMPORTANCES", "output_layers", "prune_", "pruned_shapes", "restore_pruned_structure"]
+from tetra_lightning.checkpoint import register_history_kind
+from tetra_lightning.prune.config import PruneConfig
 
-#: Channel-importance criteria accepted by :func:`prune_`.
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+__all__ = ["output_layers", "prune_", "pruned_shapes", "restore_pruned_structure"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 LossFn = Callable[[nn.Module], torch.Tensor]
-
-
-def _check_ratio(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"`{name}` must be a float in (0, 1), got {type(value).__name__} {value!r}.")
-    if not 0.0 < value < 1.0:
-        raise ValueError(
-            f"`{name}` must be in (0, 1) (the fraction of channels removed), got {value}. "
-            f"Pass e.g. {name}=0.5 to remove half of the channels of every prunable layer."
-        )
-    return float(value)
-
-
-def check_prune_arguments(
-    pruning_ratio: float,
-    importance: str,
-    round_to: int | None = None,
-    target_params_ratio: float | None = None,
-) -> None:
-    """Validates the arguments shared by :func:`prune_` and the pruning callback.
-
-    Raises:
-        ValueError: for a ratio outside (0, 1), an unknown importance, ``round_to < 1`` or
-            ``target_params_ratio <= 1``.
-        TypeError: for arguments of the wrong type.
-
-    Example:
-        >>> check_prune_arguments(0.5, "l1")
-        >>> check_prune_arguments(1.5, "l1")
-        Traceback (most recent call last):
-        ...
-        ValueError: `pruning_ratio` must be in (0, 1) (the fraction of channels removed), got 1.5. ...
-    """
-    _check_ratio("pruning_ratio", pruning_ratio)
-    if importance not in IMPORTANCES:
-        raise ValueError(
-            f"`importance` must be one of {', '.join(map(repr, IMPORTANCES))}, got {importance!r}. "
-            "Pass e.g. importance='l1' to rank channels by the L1 norm of their weights."
-        )
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise ValueError(f"`round_to` must be None or an int >= 1, got {round_to!r}. Pass e.g. round_to=8.")
-    if target_params_ratio is not None:
-        if isinstance(target_params_ratio, bool) or not isinstance(target_params_ratio, (int, float)):
-            raise TypeError(f"`target_params_ratio` must be a number > 1, got {target_params_ratio!r}.")
-        if not math.isfinite(target_params_ratio) or target_params_ratio <= 1:
-            raise ValueError(
-                f"`target_params_ratio` must be > 1 (dense params / pruned params), got {target_params_ratio}. "
-                "Pass e.g. target_params_ratio=4.5."
-            )
 
 
 def _importance(name: str) -> Any:
@@ -166,18 +116,12 @@ def pruned_shapes(model: nn.Module, names: Iterable[str]) -> dict[str, dict[str,
 
 
 def _resolve_ignored(
-    model: nn.Module,
-    example_inputs: Any,
-    ignored_layers: Sequence[str | nn.Module] | None,
-    keep_outputs: bool,
-    filter_fn: FilterFn | None,
+    model: nn.Module, example_inputs: Any, config: PruneConfig, filter_fn: FilterFn | None
 ) -> list[nn.Module]:
     modules = dict(model.named_modules())
     ignored: list[nn.Module] = []
-    for item in ignored_layers or ():
-        if isinstance(item, nn.Module):
-            ignored.append(item)
-        elif item in modules:
+    for item in config.ignored_layers:
+        if item in modules:
             ignored.append(modules[item])
         else:
             candidates = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -185,7 +129,7 @@ def _resolve_ignored(
                 f"`ignored_layers` names {item!r}, which the model does not have. Prunable layers: "
                 f"{', '.join(candidates[:20])}{' ...' if len(candidates) > 20 else ''}."
             )
-    if keep_outputs:
+    if config.keep_outputs:
         ignored.extend(modules[name] for name in output_layers(model, example_inputs))
     if filter_fn is not None:
         ignored.extend(
@@ -198,16 +142,9 @@ def _resolve_ignored(
 
 
 def _run_pruner(
-    model: nn.Module,
-    example_inputs: Any,
-    pruning_ratio: float,
-    importance: str,
-    global_pruning: bool,
-    ignored: list[nn.Module],
-    round_to: int | None,
-    max_pruning_ratio: float,
+    model: nn.Module, example_inputs: Any, pruning_ratio: float, config: PruneConfig, ignored: list[nn.Module]
 ) -> list[list[Any]]:
-    """Prunes ``model`` in place and returns the recorded ``[name, direction, removed]`` operations."""
+    """Prunes ``model`` in place at ``pruning_ratio`` and returns the recorded ``[name, direction, removed]`` ops."""
     import torch_pruning as tp
     from torch_pruning._helpers import to_plain_idxs
 
@@ -219,12 +156,12 @@ def _run_pruner(
             pruner = tp.pruner.BasePruner(
                 model,
                 example_inputs,
-                importance=_importance(importance),
-                global_pruning=global_pruning,
+                importance=_importance(config.importance),
+                global_pruning=config.global_pruning,
                 pruning_ratio=pruning_ratio,
-                max_pruning_ratio=max_pruning_ratio,
+                max_pruning_ratio=config.max_pruning_ratio,
                 ignored_layers=ignored,
-                round_to=round_to,
+                round_to=config.round_to,
             )
             graph = pruner.DG
             operations: list[list[Any]] = []
@@ -250,66 +187,92 @@ def _run_pruner(
     return operations
 
 
+def _layer_names(model: nn.Module, layers: Sequence[str | nn.Module]) -> list[str]:
+    names = {id(module): name for name, module in model.named_modules()}
+    resolved = []
+    for item in layers:
+        if isinstance(item, nn.Module):
+            if id(item) not in names:
+                raise ValueError(
+                    f"`ignored_layers` holds a {type(item).__name__} that is not a submodule of the model. Pass "
+                    "the model's own modules, or their names."
+                )
+            resolved.append(names[id(item)])
+        else:
+            resolved.append(item)
+    return resolved
+
+
+def _config_of(model: nn.Module, config: PruneConfig | None, options: dict[str, Any]) -> PruneConfig:
+    if config is not None and not isinstance(config, PruneConfig):
+        raise TypeError(
+            f"`config` must be a PruneConfig, got {type(config).__name__} {config!r}. Pass e.g. "
+            "PruneConfig(pruning_ratio=0.5), or the fields as keywords: prune_(model, x, pruning_ratio=0.5)."
+        )
+    if config is not None and options:
+        raise TypeError(
+            f"Pass either `config` or its fields as keywords, not both (got config and {sorted(options)}). Use "
+            "config.replace(...) to change a field."
+        )
+    if config is not None:
+        return config
+    if options.get("ignored_layers") is not None:
+        options["ignored_layers"] = _layer_names(model, options["ignored_layers"])
+    else:
+        options.pop("ignored_layers", None)
+    unknown = sorted(set(options) - set(PruneConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"prune_ got unknown keyword argument(s) {unknown}; the options are the PruneConfig fields "
+            f"{sorted(PruneConfig.__dataclass_fields__)} and `filter_fn`, `loss_fn`."
+        )
+    return PruneConfig(**options)
+
+
 def prune_(
     model: nn.Module,
     example_inputs: Any,
-    pruning_ratio: float = 0.5,
-    importance: str = "l1",
-    global_pruning: bool = False,
-    ignored_layers: Sequence[str | nn.Module] | None = None,
-    round_to: int | None = None,
+    config: PruneConfig | None = None,
     *,
-    target_params_ratio: float | None = None,
-    max_pruning_ratio: float = 0.9,
-    keep_outputs: bool = True,
     filter_fn: FilterFn | None = None,
     loss_fn: LossFn | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Removes a fraction of the channels of every prunable layer of ``model``, in place.
 
     Built on torch-pruning's ``BasePruner``: groups of coupled channels (conv -> BN -> next conv's inputs,
-    residual adds, the Conv2d chains of factorized layers) are ranked by ``importance`` and pruned together. The
-    layers producing the model's output keep their outputs (``keep_outputs``), so the classifier still has all
-    its classes. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
+    residual adds, the Conv2d chains of factorized layers) are ranked by ``config.importance`` and pruned
+    together. The layers producing the model's output keep their outputs (``keep_outputs``), so the classifier
+    still has all its classes. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
 
     Args:
         model: the model, modified in place (any mode; its training flag is restored).
         example_inputs: a tensor or a tuple of positional inputs for one forward pass.
-        pruning_ratio: fraction of channels removed from each group (uniform) or in total (``global_pruning``),
-            in (0, 1). Ignored when ``target_params_ratio`` is given.
-        importance: ``"l1"``, ``"l2"`` (weight magnitude), ``"bn_scale"`` (|gamma| of the BatchNorm) or
-            ``"taylor"`` (|weight * grad|, needs gradients: pass ``loss_fn`` or call ``backward()`` before).
-        global_pruning: rank channels across all layers instead of per layer.
-        ignored_layers: modules (or their names) whose output channels are never pruned.
-        round_to: keep channel counts multiples of this number (e.g. 8, for fast kernels).
-        target_params_ratio: dense params / pruned params to reach; the channel ratio is found by bisection on
-            copies of the model.
-        max_pruning_ratio: no layer loses more than this fraction of its channels.
-        keep_outputs: keep the output channels of the layers that produce the model's output.
+        config: what to prune (see :class:`~tetra_lightning.prune.PruneConfig`); default ``PruneConfig()``.
         filter_fn: ``filter_fn(module, fqn) -> bool``; conv / linear layers it rejects are ignored.
         loss_fn: ``loss_fn(model) -> loss``, run once to compute gradients for ``importance="taylor"``.
+        **options: instead of ``config``, its fields as keywords (``prune_(model, x, pruning_ratio=0.5)``);
+            ``ignored_layers`` may then also hold the modules themselves.
 
     Returns:
         A one-element history ``[{"kind": "prune", "ops": [[name, "out"|"in", removed_indices], ...],
-        "shapes": {...}, "params_before": int, "params_after": int, ...}]``, JSON-safe, for
+        "shapes": {...}, "params_before": int, "params_after": int, "config": {...}, ...}]``, JSON-safe, for
         :func:`restore_pruned_structure`.
 
     Raises:
-        ValueError: for a ratio outside (0, 1), an unknown ``importance``, an unknown layer name, or
-            ``importance="taylor"`` without gradients.
+        ValueError: for an invalid config, an unknown layer name, or ``importance="taylor"`` without gradients.
+        TypeError: for a ``config`` that is not a PruneConfig, or both a config and keyword fields.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.AdaptiveAvgPool2d(1),
         ...                     nn.Flatten(), nn.Linear(16, 4))
-        >>> history = prune_(net, torch.randn(1, 3, 8, 8), pruning_ratio=0.5)
+        >>> history = prune_(net, torch.randn(1, 3, 8, 8), PruneConfig(pruning_ratio=0.5))
         >>> net[0].out_channels, net[2].out_channels, net[5].out_features
         (8, 8, 4)
     """
-    check_prune_arguments(pruning_ratio, importance, round_to, target_params_ratio)
-    if not (isinstance(max_pruning_ratio, (int, float)) and 0.0 < max_pruning_ratio <= 1.0):
-        raise ValueError(f"`max_pruning_ratio` must be in (0, 1], got {max_pruning_ratio!r}. Pass e.g. 0.9.")
+    config = _config_of(model, config, options)
     computed_grads = False
-    if importance == "taylor":
+    if config.importance == "taylor":
         if loss_fn is not None:
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
@@ -321,72 +284,43 @@ def prune_(
                 "Pass `loss_fn=lambda model: ...` returning a loss, or call `loss.backward()` before `prune_`."
             )
     params_before = sum(p.numel() for p in model.parameters())
-    ratio = pruning_ratio
-    if target_params_ratio is not None:
-        ratio = _solve_ratio(
-            model,
-            example_inputs,
-            target_params_ratio,
-            importance,
-            global_pruning,
-            ignored_layers,
-            round_to,
-            max_pruning_ratio,
-            keep_outputs,
-            filter_fn,
-        )
-    ignored = _resolve_ignored(model, example_inputs, ignored_layers, keep_outputs, filter_fn)
-    operations = _run_pruner(
-        model, example_inputs, ratio, importance, global_pruning, ignored, round_to, max_pruning_ratio
-    )
+    ratio = config.pruning_ratio
+    if config.target_params_ratio is not None:
+        ratio = _solve_ratio(model, example_inputs, config, filter_fn)
+    ignored = _resolve_ignored(model, example_inputs, config, filter_fn)
+    operations = _run_pruner(model, example_inputs, ratio, config, ignored)
     if computed_grads:
         model.zero_grad(set_to_none=True)
     touched = list(dict.fromkeys(name for name, _, _ in operations))
     entry: dict[str, Any] = {
         "kind": "prune",
-        "importance": importance,
+        "importance": config.importance,
         "pruning_ratio": float(ratio),
-        "global_pruning": bool(global_pruning),
-        "round_to": round_to,
+        "global_pruning": config.global_pruning,
+        "round_to": config.round_to,
         "ops": operations,
         "shapes": pruned_shapes(model, touched),
         "params_before": int(params_before),
         "params_after": int(sum(p.numel() for p in model.parameters())),
+        "config": config.to_dict(),
     }
     return [entry]
 
 
 def _solve_ratio(
-    model: nn.Module,
-    example_inputs: Any,
-    target_params_ratio: float,
-    importance: str,
-    global_pruning: bool,
-    ignored_layers: Sequence[str | nn.Module] | None,
-    round_to: int | None,
-    max_pruning_ratio: float,
-    keep_outputs: bool,
-    filter_fn: FilterFn | None,
-    iterations: int = 8,
+    model: nn.Module, example_inputs: Any, config: PruneConfig, filter_fn: FilterFn | None, iterations: int = 8
 ) -> float:
-    """Bisection on the channel ratio so that dense / pruned parameters reaches ``target_params_ratio``."""
+    """Bisection on the channel ratio so that dense / pruned parameters reaches ``config.target_params_ratio``."""
+    assert config.target_params_ratio is not None
     dense = sum(p.numel() for p in model.parameters())
-    names = [
-        name
-        for item in ignored_layers or ()
-        for name, module in model.named_modules()
-        if (item is module if isinstance(item, nn.Module) else item == name)
-    ]
-    low, high = 0.0, max_pruning_ratio
+    low, high = 0.0, config.max_pruning_ratio
     for _ in range(iterations):
         middle = (low + high) / 2
         trial = copy.deepcopy(model)
-        ignored = _resolve_ignored(trial, example_inputs, names, keep_outputs, filter_fn)
-        _run_pruner(
-            trial, example_inputs, middle, importance, global_pruning, ignored, round_to, max_pruning_ratio
-        )
+        ignored = _resolve_ignored(trial, example_inputs, config, filter_fn)
+        _run_pruner(trial, example_inputs, middle, config, ignored)
         reached = dense / max(1, sum(p.numel() for p in trial.parameters()))
-        if reached < target_params_ratio:
+        if reached < config.target_params_ratio:
             low = middle
         else:
             high = middle
@@ -450,3 +384,7 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
                 "Replay the history on a freshly constructed model of the same architecture."
             )
     return model
+
+
+# prune_ entries: the recorded channel slices, removed again (see restore_pruned_structure).
+register_history_kind("prune", restore_pruned_structure, ("kind", "ops"))
