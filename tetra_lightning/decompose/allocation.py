@@ -48,9 +48,10 @@ from torch import nn
 
 from tetra_lightning.decompose.base import FactorizedLayer
 from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TuckerConfig
-from tetra_lightning.decompose.core import decompose_layer
+from tetra_lightning.decompose.core import _ties_leaving, decompose_layer
 from tetra_lightning.decompose.methods import MethodSpec, factorization
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
+from tetra_lightning.report import tied_parameters
 
 __all__ = [
     "AllocationPlan",
@@ -160,7 +161,8 @@ def compressible_layers(
     Args:
         model: the model (fully qualified names are relative to it).
         filter_fn: ``filter_fn(module, fqn) -> bool``; layers it rejects are neither candidates nor skipped.
-        min_layer_params: layers with fewer parameters are skipped (recorded with a reason).
+        min_layer_params: layers with fewer parameters are skipped (recorded with a reason), like layers that
+            share a parameter with another module (tied weights).
 
     Returns:
         ``(candidates, skipped)``: name -> module for layers to consider, name -> reason for the others.
@@ -174,6 +176,7 @@ def compressible_layers(
     candidates: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
     factorized_prefixes: list[str] = []
+    ties = tied_parameters(model)
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in factorized_prefixes):
             continue  # the plain convs inside a factorized layer are its factors, not layers of the model
@@ -186,6 +189,10 @@ def compressible_layers(
             continue
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             skipped[name] = f"grouped convolution (groups={module.groups})"
+            continue
+        held, others = _ties_leaving(name, ties)
+        if held:
+            skipped[name] = f"shares {held} with {others} (tied weights): factorizing it would untie them"
             continue
         params = sum(p.numel() for p in module.parameters())
         if isinstance(module, nn.Conv2d) and module.in_channels <= 4:
