@@ -13,14 +13,16 @@ model (no example input, no dependency graph needed), after which the pruned ``s
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from tetra_lightning.checkpoint import register_history_kind
+from tetra_lightning.checkpoint import check_history, register_history_kind
 from tetra_lightning.prune.config import PruneConfig
+from tetra_lightning.report import tied_parameters
 
 __all__ = ["output_layers", "prune_", "pruned_shapes", "restore_pruned_structure"]
 
@@ -141,14 +143,74 @@ def _resolve_ignored(
     return ignored
 
 
+def _slice(module: nn.Module, direction: str, removed: Sequence[int]) -> None:
+    """Removes the output (``"out"``) or input (``"in"``) channels ``removed`` of one layer, in place."""
+    from torch_pruning import ops
+    from torch_pruning.pruner.function import PrunerBox
+
+    pruner = PrunerBox.get(ops.module2type(module))
+    function = pruner.prune_out_channels if direction == "out" else pruner.prune_in_channels
+    function(module, list(removed))
+
+
+def _holder(model: nn.Module, parameter_name: str) -> tuple[nn.Module, str]:
+    module_name, _, attribute = parameter_name.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), attribute
+
+
+def _untied_by(model: nn.Module, operations: list[list[Any]], ties: list[list[str]]) -> list[str]:
+    """The tied parameters (``"'a.weight' = 'b.weight'"``) that ``operations`` would turn into different tensors.
+
+    The operations are tried on a copy of the modules holding the touched ties: the tie survives when every
+    holder ends with the same values (the same slices of the one tensor, e.g. an embedding's columns and the
+    tied output layer's inputs removed together).
+    """
+    touched = {name for name, _, _ in operations}
+    affected = [group for group in ties if any(p.rpartition(".")[0] in touched for p in group)]
+    if not affected:
+        return []
+    holders = sorted({p.rpartition(".")[0] for group in affected for p in group})
+    copies = copy.deepcopy({name: model.get_submodule(name) for name in holders})  # keeps the ties among them
+    for name, direction, removed in operations:
+        if name in copies:
+            _slice(copies[name], direction, removed)
+    broken = []
+    for group in affected:
+        tensors = [getattr(copies[p.rpartition(".")[0]], p.rpartition(".")[2]) for p in group]
+        if any(t.shape != tensors[0].shape or not torch.equal(t, tensors[0]) for t in tensors[1:]):
+            broken.append(" = ".join(map(repr, group)))
+    return broken
+
+
+def _retie(model: nn.Module, ties: list[list[str]]) -> None:
+    """Makes the holders of each tie share one parameter again where pruning left them equal copies."""
+    for group in ties:
+        holders = [_holder(model, name) for name in group]
+        first = getattr(*holders[0])
+        tensors = [getattr(module, attribute) for module, attribute in holders]
+        if all(t.shape == first.shape and torch.equal(t, first) for t in tensors):
+            for module, attribute in holders[1:]:
+                setattr(module, attribute, first)
+
+
 def _run_pruner(
-    model: nn.Module, example_inputs: Any, pruning_ratio: float, config: PruneConfig, ignored: list[nn.Module]
+    model: nn.Module,
+    example_inputs: Any,
+    pruning_ratio: float,
+    config: PruneConfig,
+    ignored: list[nn.Module],
+    untouched: list[dict[str, Any]] | None = None,
 ) -> list[list[Any]]:
-    """Prunes ``model`` in place at ``pruning_ratio`` and returns the recorded ``[name, direction, removed]`` ops."""
+    """Prunes ``model`` in place at ``pruning_ratio`` and returns the recorded ``[name, direction, removed]`` ops.
+
+    A group of coupled channels whose removal would untie shared parameters (tied weights) is left alone and
+    reported in ``untouched``; the holders of a tie pruned consistently share one parameter again afterwards.
+    """
     import torch_pruning as tp
     from torch_pruning._helpers import to_plain_idxs
 
     names = {id(module): name for name, module in model.named_modules()}
+    ties = tied_parameters(model)
     was_training = model.training
     model.eval()  # tracing runs a forward: keep BatchNorm running statistics untouched
     try:
@@ -167,6 +229,7 @@ def _run_pruner(
             operations: list[list[Any]] = []
             for group in pruner.step(interactive=True):
                 seen: set[tuple[str, str]] = set()
+                group_operations: list[list[Any]] = []
                 for dep, idxs in group:
                     name = names.get(id(dep.target.module))
                     if name is None:  # element-wise / reshape nodes: nothing to store
@@ -180,8 +243,20 @@ def _run_pruner(
                     if (name, direction) in seen:
                         continue
                     seen.add((name, direction))
-                    operations.append([name, direction, sorted(int(i) for i in to_plain_idxs(idxs))])
+                    group_operations.append([name, direction, sorted(int(i) for i in to_plain_idxs(idxs))])
+                broken = _untied_by(model, group_operations, ties)
+                if broken:
+                    if untouched is not None:
+                        untouched.append(
+                            {
+                                "layers": list(dict.fromkeys(name for name, _, _ in group_operations)),
+                                "reason": f"pruning them would untie {', '.join(broken)}",
+                            }
+                        )
+                    continue
                 group.prune()
+                operations.extend(group_operations)
+                _retie(model, ties)
     finally:
         model.train(was_training)
     return operations
@@ -244,6 +319,9 @@ def prune_(
     residual adds, the Conv2d chains of factorized layers) are ranked by ``config.importance`` and pruned
     together. The layers producing the model's output keep their outputs (``keep_outputs``), so the classifier
     still has all its classes. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
+    Tied weights stay tied: a group that removes the same slices from every module sharing a parameter (an
+    embedding and the output layer tied to it) is pruned and the modules share the smaller parameter; a group
+    that would untie them is left alone, with a warning and a reason in the entry's ``"untouched"``.
 
     Args:
         model: the model, modified in place (any mode; its training flag is restored).
@@ -288,7 +366,8 @@ def prune_(
     if config.target_params_ratio is not None:
         ratio = _solve_ratio(model, example_inputs, config, filter_fn)
     ignored = _resolve_ignored(model, example_inputs, config, filter_fn)
-    operations = _run_pruner(model, example_inputs, ratio, config, ignored)
+    untouched: list[dict[str, Any]] = []
+    operations = _run_pruner(model, example_inputs, ratio, config, ignored, untouched)
     if computed_grads:
         model.zero_grad(set_to_none=True)
     touched = list(dict.fromkeys(name for name, _, _ in operations))
@@ -304,6 +383,16 @@ def prune_(
         "params_after": int(sum(p.numel() for p in model.parameters())),
         "config": config.to_dict(),
     }
+    if untouched:
+        entry["untouched"] = untouched
+        untied = (item["reason"].removeprefix("pruning them would untie ") for item in untouched)
+        reasons = ", ".join(dict.fromkeys(untied))
+        warnings.warn(
+            f"prune_ left {len(untouched)} groups of coupled channels unpruned: pruning them would untie {reasons} "
+            "(tied weights; see the entry's 'untouched'). Give each module its own nn.Parameter to prune them.",
+            UserWarning,
+            stacklevel=2,
+        )
     return [entry]
 
 
@@ -331,8 +420,9 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
     """Replays the ``{"kind": "prune"}`` entries of a history on a freshly built model (structure only).
 
     Each recorded ``[module_name, "out"|"in", removed_indices]`` operation is applied with torch-pruning's
-    per-layer pruning functions, in order; the resulting shapes are checked against the recorded ones. Entries
-    of other kinds are skipped. Afterwards ``model.load_state_dict(pruned.state_dict())`` succeeds.
+    per-layer pruning functions, in order; the resulting shapes are checked against the recorded ones, and
+    parameters the fresh model shares between modules (tied weights) are shared again. Entries of other kinds
+    are skipped. Afterwards ``model.load_state_dict(pruned.state_dict())`` succeeds.
 
     Args:
         model: a model with the original (or an earlier) structure, modified in place.
@@ -342,8 +432,10 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
         ``model``.
 
     Raises:
-        ValueError: when a named module is missing, its type cannot be pruned, or the shapes differ from the
-            recorded ones (the history belongs to another architecture).
+        ValueError: when a named module is missing or its type cannot be pruned (checked for every operation
+            before any channel is removed), or the shapes differ from the recorded ones (the history belongs to
+            another architecture).
+        TypeError: for a ``history`` that is not a list of dicts.
 
     Example:
         >>> import json
@@ -357,24 +449,33 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
     from torch_pruning import ops
     from torch_pruning.pruner.function import PrunerBox
 
-    for index, entry in enumerate(history):
-        if entry.get("kind") != "prune":
-            continue
-        modules = dict(model.named_modules())
-        for name, direction, removed in entry.get("ops", []):
+    check_history(history)
+    entries = [(index, entry) for index, entry in enumerate(history) if entry.get("kind") == "prune"]
+    # Every operation is checked before any channel goes (pruning keeps module names and types).
+    modules = dict(model.named_modules())
+    for index, entry in entries:
+        for operation in entry.get("ops", []):
+            if not (isinstance(operation, (list, tuple)) and len(operation) == 3 and operation[1] in ("out", "in")):
+                raise ValueError(
+                    f"`history[{index}]` holds the operation {operation!r}; each must be [module_name, 'out' | 'in', "
+                    "removed_indices]. Pass the history prune_ returned unchanged."
+                )
+            name = operation[0]
             if name not in modules:
                 raise ValueError(
                     f"`history[{index}]` prunes module {name!r}, which the model does not have. Replay the "
                     "history on a model built like the one that was pruned."
                 )
-            module = modules[name]
-            pruner = PrunerBox.get(ops.module2type(module))
-            if pruner is None:
+            if PrunerBox.get(ops.module2type(modules[name])) is None:
                 raise ValueError(
-                    f"`history[{index}]`: module {name!r} ({type(module).__name__}) cannot be pruned."
+                    f"`history[{index}]`: module {name!r} ({type(modules[name]).__name__}) cannot be pruned. "
+                    "Replay the history on a model built like the one that was pruned."
                 )
-            function = pruner.prune_out_channels if direction == "out" else pruner.prune_in_channels
-            function(module, list(removed))
+    ties = tied_parameters(model)
+    for index, entry in entries:
+        for name, direction, removed in entry.get("ops", []):
+            _slice(modules[name], direction, removed)
+        _retie(model, ties)
         expected = entry.get("shapes", {})
         found = pruned_shapes(model, expected)
         if found != {name: dict(shapes) for name, shapes in expected.items()}:
