@@ -1,0 +1,126 @@
+"""Every finished trial informs TetraOpt: one test per case of issue #15, named after the case.
+
+Each case is a way a user's study used to waste trials silently (a point proposed again and again, a history
+dropped, a mistake found only after ``max_failures`` trainings). The list below is the inputs the sampler, the
+Ray searcher and the tuner have been tried with; each test failed before its fix.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from tetra_lightning.optim import Categorical, Float, Int
+from tetra_lightning.tuner import TetraOptSampler, TetraOptTuner
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TUNER_SPACE = {"lr": Float(1e-3, 1.0, log=True, grid=8), "width": Categorical([4, 16, 64]), "depth": Int(1, 2)}
+
+
+def _tuner(tmp_path, **kwargs) -> TetraOptTuner:
+    settings = {"monitor": "val_acc", "mode": "max", "budget": 3, "storage": f"sqlite:///{tmp_path / 'tune.db'}",
+                "study_name": "case", "progress_bar": False}
+    settings.update(kwargs)
+    return TetraOptTuner(settings.pop("search_space", TUNER_SPACE), **settings)
+
+
+# ------------------------------------------------------------------ 1. non-finite values
+@pytest.mark.parametrize("space", [{"x": Int(-5, 5)}, None], ids=["given-space", "inferred-space"])
+def test_case_1_an_inf_value_is_a_failed_point_never_proposed_again(space) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_int("x", -5, 5)
+        return math.inf if x < 0 else float((x - 2) ** 2)
+
+    study = optuna.create_study(sampler=TetraOptSampler(space, seed=0))
+    study.optimize(objective, n_trials=11)
+    xs = [t.params["x"] for t in study.trials]
+    assert sorted(xs) == list(range(-5, 6))  # 11 trials, 11 points: no inf point came back
+    assert study.best_params == {"x": 2}
+
+
+# ------------------------------------------------------------------ 2. pruned trials without values
+def test_case_2_a_pruned_trial_without_a_value_is_a_failed_point() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_int("x", 0, 9), trial.suggest_int("y", 0, 3)
+        if x % 2:
+            raise optuna.TrialPruned()  # nothing reported
+        return float((x - 4) ** 2 + y)
+
+    sampler = TetraOptSampler({"x": Int(0, 9), "y": Int(0, 3)}, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=40)
+    assert len({(t.params["x"], t.params["y"]) for t in study.trials}) == 40  # the whole grid, once
+    assert study.best_params == {"x": 4, "y": 0}
+    # ask/tell: a trial told PRUNED with nothing reported is in TetraOpt's history, as failed
+    dists = {"x": IntDistribution(0, 9), "y": IntDistribution(0, 3)}
+    study = optuna.create_study(sampler=sampler)
+    trial = study.ask(dists)
+    study.tell(trial, state=TrialState.PRUNED)
+    history = sampler.build_optimizer(study, dists).history
+    assert [(h["params"], h["state"]) for h in history] == [(trial.params, "failed")]
+
+
+# ------------------------------------------------------------------ 4. conditional params, explicit space
+CONDITIONAL = {"optimizer": Categorical(["sgd", "adam"]), "momentum": Float(0.0, 0.9, grid=4)}
+
+
+def _conditional(trial: optuna.Trial) -> float:
+    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam"])
+    if optimizer == "sgd":
+        return (trial.suggest_float("momentum", 0.0, 0.9) - 0.6) ** 2
+    return 0.5
+
+
+def test_case_4_a_trial_without_a_conditional_param_still_informs_tetraopt() -> None:
+    sampler = TetraOptSampler(CONDITIONAL, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_conditional, n_trials=8)
+    dists = {"optimizer": CategoricalDistribution(["sgd", "adam"]), "momentum": FloatDistribution(0.0, 0.9)}
+    history = sampler.build_optimizer(study, dists).history
+    assert len(history) == 8  # every trial told, adam trials included (at the momentum the sampler proposed)
+    momenta = sorted(t.params["momentum"] for t in study.trials if "momentum" in t.params)
+    assert momenta == pytest.approx([0.0, 0.3, 0.6, 0.9])  # 8 trials cover the 8 grid points: no stall
+    assert study.best_value == pytest.approx(0.0)
+
+
+def test_case_4_a_trial_the_sampler_did_not_propose_takes_the_first_grid_value() -> None:
+    sampler = TetraOptSampler(CONDITIONAL, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.add_trial(create_trial(params={"optimizer": "adam"},
+                                 distributions={"optimizer": CategoricalDistribution(["sgd", "adam"])}, value=0.5))
+    dists = {"optimizer": CategoricalDistribution(["sgd", "adam"]), "momentum": FloatDistribution(0.0, 0.9)}
+    history = sampler.build_optimizer(study, dists).history
+    assert [h["params"] for h in history] == [{"optimizer": "adam", "momentum": 0.0}]
+
+
+# ------------------------------------------------------------------ 6. multi-objective
+def test_case_6_a_multi_objective_study_raises_before_the_first_trial_runs() -> None:
+    calls = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        calls.append(trial.number)
+        return trial.suggest_float("x", 0, 1), 0.0
+
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=TetraOptSampler(seed=0))
+    with pytest.raises(ValueError, match="multi-objective"):
+        study.optimize(objective, n_trials=3)
+    assert calls == []
+
+
+# ------------------------------------------------------------------ 10. param names
+def test_case_10_a_space_name_the_objective_never_suggests_warns_once_naming_both() -> None:
+    study = optuna.create_study(sampler=TetraOptSampler({"x": Int(0, 9)}, seed=0))
+    with pytest.warns(UserWarning, match=r"suggests 'X'.*not in its search space.*'x'") as caught:
+        study.optimize(lambda t: float(t.suggest_int("X", 0, 9)), n_trials=4)
+    assert sum("'X'" in str(w.message) for w in caught) == 1
+    # a param outside the space that resembles none of its names is the documented fallback: no warning
+    study = optuna.create_study(sampler=TetraOptSampler({"x": Int(0, 9)}, seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        study.optimize(lambda t: t.suggest_int("x", 0, 9) + t.suggest_float("noise", 0, 1e-3), n_trials=3)
