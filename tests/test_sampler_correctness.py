@@ -113,6 +113,35 @@ def test_case_6_a_multi_objective_study_raises_before_the_first_trial_runs() -> 
     assert calls == []
 
 
+# ------------------------------------------------------------------ 8. TetraOptSearch (Ray Tune)
+def test_case_8_dimensions_in_ray_param_space_fail_at_once_naming_the_fix() -> None:
+    pytest.importorskip("ray", reason="Ray Tune is an optional extra")
+    from ray.tune.impl.placeholder import create_resolvers_map, inject_placeholders
+
+    from tetra_lightning.tuner.ray import TetraOptSearch
+
+    # what ray.tune.Tuner(param_space=...) hands a searcher: non-primitive values replaced by placeholders
+    config = inject_placeholders({"x": Int(0, 9), "epochs": 3}, create_resolvers_map())
+    search = TetraOptSearch(metric="score", mode="max")
+    with pytest.raises(ValueError, match=r"Ray Tune replaces.*\['x'\].*TetraOptSearch\(space="):
+        search.set_search_properties(None, None, config)
+
+
+def test_case_8_points_to_evaluate_between_grid_points_raise() -> None:
+    pytest.importorskip("ray", reason="Ray Tune is an optional extra")
+    from tetra_lightning.tuner.ray import TetraOptSearch
+
+    with pytest.raises(ValueError, match=r"`points_to_evaluate\[0\]` .*'x': 3.5.* not on the grid.*x=3 or x=4"):
+        TetraOptSearch({"x": Int(0, 9)}, metric="s", mode="max", points_to_evaluate=[{"x": 3.5}])
+    with pytest.raises(ValueError, match=r"`points_to_evaluate\[1\]`.*not on the grid"):
+        TetraOptSearch({"lr": Float(1e-4, 1e-1, log=True, grid=4)}, metric="s", mode="max",
+                       points_to_evaluate=[{"lr": 1e-3}, {"lr": 2e-3}])
+    # a grid value written with rounding noise is the grid value
+    search = TetraOptSearch({"lr": Float(1e-4, 1e-1, log=True, grid=4)}, metric="s", mode="max",
+                            points_to_evaluate=[{"lr": 0.001}])
+    assert search.suggest("t0") == {"lr": search.space["lr"].grid[1]}
+
+
 # ------------------------------------------------------------------ 10. param names
 def test_case_10_a_space_name_the_objective_never_suggests_warns_once_naming_both() -> None:
     study = optuna.create_study(sampler=TetraOptSampler({"x": Int(0, 9)}, seed=0))

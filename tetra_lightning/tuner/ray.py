@@ -37,6 +37,7 @@ except ImportError as _error:  # pragma: no cover - exercised only without the e
     ) from _error
 
 from tetra_lightning.optim import Dimension, SearchSpace, TetraOpt, as_space
+from tetra_lightning.tuner.observation import finite_or_none
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -57,6 +58,9 @@ DURATION_KEY = "tetra_duration_s"
 EXCEPTION_KEY = "tetra_exception"  # base64 pickle of an exception that `catch` does not cover
 _RESERVED_OPTIMIZER_KEYS = ("space", "budget", "seed", "direction")
 _QUEUED, _WAIT, _FINISHED = "queued", "wait", "finished"
+# What Ray Tune puts in `param_space` in place of a non-primitive value, ("__ref_ph" | "__fn_ph", hash): the
+# TOKENs of _RefResolver and _FunctionResolver in ray/tune/impl/placeholder.py (a test checks they still are).
+RAY_PLACEHOLDER_TOKENS = ("__ref_ph", "__fn_ph")
 
 
 class TetraOptSearch(Searcher):
@@ -80,13 +84,17 @@ class TetraOptSearch(Searcher):
 
     Args:
         space: ``{name: Categorical | Int | Float}`` (``tetra_lightning.optim`` dimensions) or a
-            ``SearchSpace``; ``None`` takes the dimensions from the Tuner's ``param_space``. Ray Tune sampling
+            ``SearchSpace``. Pass it here when the searcher runs in ``ray.tune.Tuner``: Ray Tune replaces the
+            non-primitive values of ``param_space`` by placeholders before a searcher sees them, so dimensions
+            put there cannot reach the searcher (``set_search_properties`` then raises, before any trial).
+            ``None`` waits for dimensions passed to :meth:`set_search_properties` directly. Ray Tune sampling
             domains (``tune.uniform``, ``tune.choice``, ...) are refused: TetraOpt searches finite grids.
         metric: the reported metric to optimize; ``None`` takes ``TuneConfig(metric=...)``.
         mode: ``"max"`` or ``"min"``; ``None`` takes ``TuneConfig(mode=...)``.
         budget: trials to propose (``None``: until Ray's ``num_samples`` or the grid runs out).
         seed: seed of TetraOpt.
-        points_to_evaluate: configs to run first (each must lie on the grid), e.g. a known good default.
+        points_to_evaluate: configs to run first, e.g. a known good default; each value must be a grid value
+            (a float equal to one up to rounding noise is taken as that grid value).
         max_concurrent: trials running at once (``None``: as ``max_concurrent_trials`` says, else one batch
             point per request).
         max_failures: when given, failed trials do not use the budget and at most this many are run.
@@ -165,7 +173,7 @@ class TetraOptSearch(Searcher):
     # ------------------------------------------------------------------ state
     @property
     def space(self) -> SearchSpace | None:
-        """The search space (``None`` until given by ``space`` or the Tuner's ``param_space``)."""
+        """The search space (``None`` until given by ``space`` or :meth:`set_search_properties`)."""
         return self._space
 
     @property
@@ -205,19 +213,31 @@ class TetraOptSearch(Searcher):
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
     ) -> bool:
-        """Takes ``metric``/``mode`` from ``TuneConfig`` and the dimensions from the Tuner's ``param_space``.
+        """Takes ``metric``/``mode`` from ``TuneConfig`` and the Tuner's ``param_space`` as ``config``.
 
-        Constants in ``param_space`` pass through to every trial's config; ``tetra_lightning.optim``
-        dimensions there define the space when the searcher has none.
+        Constants in ``param_space`` pass through to every trial's config. ``tetra_lightning.optim``
+        dimensions in ``config`` define the space when the searcher has none; Ray's Tuner itself cannot pass
+        them (it replaces non-primitive values by placeholders first), so there give ``TetraOptSearch(space=)``.
 
         Raises:
             TypeError: when ``param_space`` holds Ray Tune sampling domains.
-            ValueError: when ``metric``/``mode`` differ from the searcher's own, or both the searcher and
-                ``param_space`` define a (different) space.
+            ValueError: when ``metric``/``mode`` differ from the searcher's own, both the searcher and
+                ``param_space`` define a (different) space, or neither defines one.
         """
         config = dict(config or {})
         _reject_ray_domains(config, "param_space")
         dims = {name: value for name, value in config.items() if isinstance(value, Dimension)}
+        if not dims and self._space is None:
+            replaced = sorted(name for name, value in config.items() if _is_ray_placeholder(value))
+            cause = (
+                f"Ray Tune replaces the non-primitive values of `param_space` (here {replaced}) by placeholders "
+                "before a searcher sees them, so tetra_lightning dimensions cannot be passed there"
+                if replaced else f"`param_space` holds only constants ({sorted(config)})"
+            )
+            raise ValueError(
+                f"TetraOptSearch has no search space: {cause}. Pass the dimensions as "
+                "`TetraOptSearch(space={'x': Int(0, 9), ...})` and keep only constants in `param_space`."
+            )
         if dims:
             if self._space is None:
                 self._set_space(dims, "param_space")
@@ -267,7 +287,7 @@ class TetraOptSearch(Searcher):
         if params is None:
             log.debug("TetraOptSearch: ignoring the completion of unknown trial %s.", trial_id)
             return
-        value = None if error or not result else _finite(result.get(str(self._metric)))
+        value = None if error or not result else finite_or_none(result.get(str(self._metric)))
         assert self._optimizer is not None
         self._optimizer.tell([params], [value])
         self._initial_keys.discard(self._optimizer.space.to_index(params))
@@ -295,7 +315,7 @@ class TetraOptSearch(Searcher):
         assert self._optimizer is not None
         if value is None and intermediate_values:
             value = intermediate_values[-1]
-        self._optimizer.tell([dict(parameters)], [None if error else _finite(value)])
+        self._optimizer.tell([dict(parameters)], [None if error else finite_or_none(value)])
 
     def save(self, checkpoint_path: str) -> None:
         """Pickles the optimizer, the queue and the running trials to ``checkpoint_path``."""
@@ -352,9 +372,18 @@ class TetraOptSearch(Searcher):
             except (KeyError, ValueError) as error:
                 raise ValueError(f"`points_to_evaluate[{number}]` = {point!r} is not a point of the space: "
                                  f"{error}") from None
+            grid_point = self._space.from_index(key)
+            for name, index in zip(self._space.names, key, strict=True):
+                if not _same_value(point[name], grid_point[name]):
+                    nearest = _neighbours(self._space[name], name, index, point[name])
+                    raise ValueError(
+                        f"`points_to_evaluate[{number}]` = {point!r} is not on the grid: {name}={point[name]!r} "
+                        f"lies between grid values; the nearest are {nearest}. Use one of them."
+                    )
             if key in self._initial_keys:
                 raise ValueError(f"`points_to_evaluate[{number}]` = {point!r} repeats an earlier point; remove it.")
             self._initial_keys.add(key)
+            self._initial[number] = {**point, **grid_point}  # the grid values themselves, not a rounding of them
 
     def _ensure_optimizer(self) -> None:
         if self._optimizer is not None:
@@ -421,12 +450,26 @@ def _check_optional_int(name: str, value: Any, example: str) -> None:
         raise ValueError(f"`{name}` must be >= 1, got {value}. Pass e.g. `{example}`.")
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+def _same_value(given: Any, grid_value: Any) -> bool:
+    """Whether ``given`` is ``grid_value``, up to float rounding noise (``0.1 + 0.2`` is the grid's ``0.3``)."""
+    if isinstance(given, (int, float)) and isinstance(grid_value, (int, float)) and not isinstance(given, bool):
+        return math.isclose(given, grid_value, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(given == grid_value)
+
+
+def _neighbours(dimension: Dimension, name: str, index: int, value: Any) -> str:
+    """The grid values on either side of an off-grid ``value`` nearest to grid point ``index``."""
+    nearest = dimension.value(index)
+    other = index + 1 if float(value) > float(nearest) else index - 1
+    if not 0 <= other < dimension.size:
+        return f"{name}={nearest!r}"
+    low, high = sorted((index, other))
+    return f"{name}={dimension.value(low)!r} or {name}={dimension.value(high)!r}"
+
+
+def _is_ray_placeholder(value: Any) -> bool:
+    """Whether ``value`` is what Ray Tune put in ``param_space`` in place of a non-primitive object."""
+    return isinstance(value, tuple) and len(value) == 2 and value[0] in RAY_PLACEHOLDER_TOKENS
 
 
 def _dimension_hint(domain: Any) -> str:
@@ -578,7 +621,7 @@ class _StudySearch(TetraOptSearch):
             heartbeat.__exit__(None, None, None)
         result = dict(result or {})
         status = result.get(STATUS_KEY)
-        value = _finite(result.get(self._tuner.monitor))
+        value = finite_or_none(result.get(self._tuner.monitor))
         if status == "error" and self.abort_error is None:
             self.abort_error = _load_exception(result.get(EXCEPTION_KEY), str(result.get(ERROR_KEY)))
         if error or status not in ("complete", "pruned") or value is None:
