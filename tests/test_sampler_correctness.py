@@ -12,9 +12,11 @@ import warnings
 
 import optuna
 import pytest
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from tests.helpers.tuner_models import FAST_TRAINER, DigitsData, TinyMLP
 from tetra_lightning.optim import Categorical, Float, Int
 from tetra_lightning.tuner import TetraOptSampler, TetraOptTuner
 
@@ -140,6 +142,39 @@ def test_case_8_points_to_evaluate_between_grid_points_raise() -> None:
     search = TetraOptSearch({"lr": Float(1e-4, 1e-1, log=True, grid=4)}, metric="s", mode="max",
                             points_to_evaluate=[{"lr": 0.001}])
     assert search.suggest("t0") == {"lr": search.space["lr"].grid[1]}
+
+
+# ------------------------------------------------------------------ 9. TetraOptTuner fails fast
+def _never_train(config):
+    raise AssertionError("no trial may train")
+
+
+def test_case_9_a_stored_study_with_another_search_space_fails_fast(tmp_path) -> None:
+    study = _tuner(tmp_path).load_study()
+    study.add_trial(create_trial(params={"lr": 0.01, "width": 16, "depth": 1},
+                                 distributions=_tuner(tmp_path).distributions, value=0.5))
+    other = dict(TUNER_SPACE, width=Categorical([8, 32]))
+    with pytest.raises(ValueError, match=r"Study .case. in this storage was tuned over another search space.*'width'.*\[4, 16, 64\].*"
+                                         r"\[8, 32\].*`study_name`"):
+        _tuner(tmp_path, search_space=other, catch=()).fit(_never_train, DigitsData())
+    # the same space resumes as before
+    assert _tuner(tmp_path).load_study().trials[0].value == 0.5
+
+
+def test_case_9_a_monitor_never_logged_fails_fast_listing_the_logged_keys(tmp_path) -> None:
+    tuner = _tuner(tmp_path, monitor="val_accuracy", budget=5)
+    with pytest.raises(MisconfigurationException,
+                       match=r"monitor 'val_accuracy' is not in .*\['train_loss', 'val_acc', 'val_loss'\]"):
+        tuner.fit(lambda cfg: TinyMLP(**cfg), DigitsData(), trainer_kwargs=FAST_TRAINER)
+    assert [t.state for t in tuner.load_study().trials] == [TrialState.FAIL]  # one training, recorded
+
+
+def test_case_9_a_misspelled_trainer_argument_fails_before_any_trial(tmp_path) -> None:
+    tuner = _tuner(tmp_path)
+    with pytest.raises(TypeError, match=r"`trainer_kwargs` has 'max_epoch'.*did you mean 'max_epochs'.*"
+                                        r"accepts.*'accelerator'"):
+        tuner.fit(_never_train, DigitsData(), trainer_kwargs={"max_epoch": 1})
+    assert tuner.load_study().trials == []
 
 
 # ------------------------------------------------------------------ 10. param names

@@ -636,7 +636,11 @@ class _StudySearch(TetraOptSearch):
         except (TypeError, ValueError):
             pass
         outcome.duration_s = float(result.get(DURATION_KEY) or 0.0)
+        if status == "misconfigured":
+            outcome.exception = _load_exception(result.get(EXCEPTION_KEY), str(result.get(ERROR_KEY)))
         self._tuner._tell(self._study, optuna.trial.Trial(self._study, optuna_id), outcome)
+        if self.abort_error is None and self._tuner._fails_every_trial(self._study, outcome):
+            self.abort_error = outcome.exception
         if self._bar is not None:
             self._bar.update(1 if outcome.status != "failed" else 0)
             if math.isfinite(self.best_value):
@@ -645,7 +649,7 @@ class _StudySearch(TetraOptSearch):
 
 def _ray_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """One Ray Tune trial of TetraOptTuner: the same ``run_trial`` as the local path, reported to Ray."""
-    from tetra_lightning.tuner.trial import TrialOutcome, run_trial
+    from tetra_lightning.tuner.trial import TrialMisconfigured, TrialOutcome, run_trial
 
     if payload["quiet"]:
         for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
@@ -678,6 +682,10 @@ def _ray_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     if status == "failed" and (bug or not isinstance(outcome.exception, payload["catch"])):
         # reported, not raised: the driver records the trial with its traceback, stops the search and raises it
         status = "error"
+        exception = _dump_exception(outcome.exception)
+    elif status == "failed" and isinstance(outcome.exception, TrialMisconfigured):
+        # the driver stops the search when no trial of the study has finished yet (the setting is wrong)
+        status = "misconfigured"
         exception = _dump_exception(outcome.exception)
     tune.report({
         # a failed trial reports NaN: Ray requires the metric in every result, the searcher reads NaN as failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -32,12 +33,18 @@ from tetra_lightning.tuner.storage import (
     make_storage,
     reopen_storage,
 )
-from tetra_lightning.tuner.trial import TrialOutcome, run_trial
+from tetra_lightning.tuner.trial import (
+    TrialMisconfigured,
+    TrialOutcome,
+    run_trial,
+    unknown_trainer_argument_message,
+)
 from tetra_lightning.tuner.worker import Heartbeat, claim_trial, count_config_failures, still_running
 
 log = logging.getLogger("tetra_lightning.tuner")
 
 _DIRECTIONS = {"max": "maximize", "min": "minimize"}
+_SPACE_KEY = "tetra:search_space"
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 
@@ -97,6 +104,11 @@ class TetraOptTuner:
             model_fn and data are cloudpickled to the Ray workers, trials of one ``fit`` share one TetraOpt (no
             rebuild from the storage per trial) and Ray writes its own trial folders (next to a SQLite study).
             Needs ``pip install 'tetra-lightning[ray]'``.
+
+    Fails fast: ``fit`` raises at once, before training, for a stored study of that name that was tuned over
+    another search space (its trials would mix with the new ones) and for a ``trainer_kwargs`` key the Trainer
+    does not accept; and after the first trial when ``monitor`` was never logged (``TrialMisconfigured``, a
+    ``MisconfigurationException``) unless an earlier trial of the study finished.
 
     Raises:
         ValueError: for an empty search space, a bad mode/objective/budget/n_jobs/executor, or ``pruning`` with
@@ -227,7 +239,8 @@ class TetraOptTuner:
         """Creates the study in the storage, or loads it when it exists (the resume path).
 
         Raises:
-            ValueError: when an existing study of that name optimizes in the other direction.
+            ValueError: when an existing study of that name optimizes in the other direction, or holds trials
+                of another search space.
         """
         if self._storage is None or worker_index > 0:
             storage = make_storage(self.storage if worker_index == 0 else self._worker_storage())
@@ -256,9 +269,26 @@ class TetraOptTuner:
                     "Study %r was tuned on monitor %r, now on %r: values of earlier trials are not comparable.",
                     self.study_name, previous, self.monitor,
                 )
+            self._check_search_space(study)
             study.set_user_attr("tetra:monitor", self.monitor)
-            study.set_user_attr("tetra:search_space", self.search_space.to_dict())
+            study.set_user_attr(_SPACE_KEY, _as_json(self.search_space.to_dict()))
         return study
+
+    def _check_search_space(self, study: optuna.Study) -> None:
+        stored = study.user_attrs.get(_SPACE_KEY)
+        current = _as_json(self.search_space.to_dict())
+        n_trials = len(study.get_trials(deepcopy=False))
+        if stored is None or _as_json(stored) == current or n_trials == 0:
+            return
+        changed = [name for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]
+        details = "; ".join(
+            f"{name!r}: stored {_describe(stored.get(name))}, now {_describe(current.get(name))}" for name in changed
+        )
+        raise ValueError(
+            f"Study {self.study_name!r} in this storage was tuned over another search space, and its {n_trials} "
+            f"trial(s) would mix with this tuner's: {details}. Pass another `study_name` (or storage) for the new "
+            "space, or the study's own search space to resume it."
+        )
 
     def _counts(self, study: optuna.Study) -> dict[TrialState, int]:
         counts = dict.fromkeys(TrialState, 0)
@@ -314,6 +344,9 @@ class TetraOptTuner:
             raise ValueError("Pass either a datamodule or `train_dataloaders`, not both.")
         if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
             raise TypeError(f"`trainer_kwargs` must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}.")
+        unknown = unknown_trainer_argument_message(trainer_kwargs or {}, "trainer_kwargs")
+        if unknown is not None:
+            raise TypeError(unknown)
         fit_args = {
             "model_fn": model_fn,
             "datamodule": datamodule,
@@ -389,10 +422,20 @@ class TetraOptTuner:
                     self._tell(study, trial, outcome)
                     raise
                 self._tell(study, trial, outcome)
+            if self._fails_every_trial(study, outcome):
+                assert outcome.exception is not None
+                raise outcome.exception
             if outcome.status == "failed" and not isinstance(outcome.exception, self.catch):
                 assert outcome.exception is not None
                 raise outcome.exception
             self._refresh_bar(study, bar)  # study-wide: workers elsewhere finish trials too
+
+    def _fails_every_trial(self, study: optuna.Study, outcome: TrialOutcome) -> bool:
+        """Whether a failure is the setting's, not the config's (no trial of the study ever finished): stop."""
+        if not isinstance(outcome.exception, TrialMisconfigured):
+            return False
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return not finished
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, outcome: TrialOutcome) -> None:
         if not still_running(study, trial):
@@ -605,6 +648,21 @@ def _best_value(study: optuna.Study) -> float | None:
         return float(study.best_value)
     except ValueError:
         return None
+
+
+def _as_json(value: Any) -> Any:
+    # what a study's user attribute holds after a round trip through the storage (tuples become lists)
+    return json.loads(json.dumps(value))
+
+
+def _describe(dimension: Any) -> str:
+    if dimension is None:
+        return "absent"
+    if not isinstance(dimension, Mapping):
+        return repr(dimension)
+    shown = {key: (f"<{len(value)} values>" if isinstance(value, list) and len(value) > 8 else value)
+             for key, value in dimension.items()}
+    return repr(shown)
 
 
 def _fmt(value: Any) -> str:
