@@ -68,6 +68,31 @@ def test_case_2_a_pruned_trial_without_a_value_is_a_failed_point() -> None:
     assert [(h["params"], h["state"]) for h in history] == [(trial.params, "failed")]
 
 
+# ------------------------------------------------------------------ 3. values off TetraOpt's grid
+STEP_AND_LOG = {"d": FloatDistribution(0.0, 1.0, step=0.1), "w": IntDistribution(1, 1024, log=True)}
+
+
+@pytest.mark.parametrize("space", [{"d": Float(0.0, 1.0, step=0.1), "w": Int(1, 1024, log=True)}, None],
+                         ids=["given-space", "inferred-space"])
+def test_case_3_values_off_tetraopts_grid_are_told_not_dropped(space) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("d", 0.0, 1.0, step=0.1) + trial.suggest_int("w", 1, 1024, log=True) / 1000
+
+    sampler = TetraOptSampler(space, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"d": 0.3, "w": 37})  # 37: between the grid points of the old 16-point log grid
+    study.add_trial(create_trial(params={"d": 0.30000000000000004, "w": 500}, distributions=STEP_AND_LOG,
+                                 value=2.0))
+    study.optimize(objective, n_trials=6)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    optimizer = sampler.build_optimizer(study, STEP_AND_LOG)
+    assert len(optimizer.history) == 7  # every trial told: enqueued, added, proposed
+    assert optimizer.history[0]["params"] == {"d": 0.3, "w": 37}  # kept exactly
+    assert optimizer.history[1]["params"] == {"d": 0.30000000000000004, "w": 500}
+    points = {optimizer.space.to_index(t.params) for t in study.trials}
+    assert len(points) == 7  # 0.3 and 0.30000000000000004 are one grid value; no point ran twice
+
+
 # ------------------------------------------------------------------ 4. conditional params, explicit space
 CONDITIONAL = {"optimizer": Categorical(["sgd", "adam"]), "momentum": Float(0.0, 0.9, grid=4)}
 
@@ -101,6 +126,23 @@ def test_case_4_a_trial_the_sampler_did_not_propose_takes_the_first_grid_value()
     assert [h["params"] for h in history] == [{"optimizer": "adam", "momentum": 0.0}]
 
 
+# ------------------------------------------------------------------ 5. huge ranges
+def test_case_5_a_huge_int_range_and_a_fine_step_float_are_never_materialized() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        seed = trial.suggest_int("seed", 0, 2**31 - 1)
+        share = trial.suggest_float("share", 0.0, 1.0, step=1e-5)  # 100001 values
+        return abs(share - 0.5) + (seed % 7) / 100
+
+    sampler = TetraOptSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=12)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    optimizer = sampler.build_optimizer(study, study.trials[0].distributions)
+    assert optimizer.space.sizes == (128, 128)  # searched on 128 levels each, any value of the range accepted
+    assert len(optimizer.history) == 12
+    assert len({optimizer.space.to_index(t.params) for t in study.trials}) == 12
+
+
 # ------------------------------------------------------------------ 6. multi-objective
 def test_case_6_a_multi_objective_study_raises_before_the_first_trial_runs() -> None:
     calls = []
@@ -113,6 +155,21 @@ def test_case_6_a_multi_objective_study_raises_before_the_first_trial_runs() -> 
     with pytest.raises(ValueError, match="multi-objective"):
         study.optimize(objective, n_trials=3)
     assert calls == []
+
+
+# ------------------------------------------------------------------ 7. choices that compare equal
+def test_case_7_choices_that_compare_equal_search_what_optuna_can_store() -> None:
+    sampler = TetraOptSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: float(t.suggest_categorical("c", [0, 1, True, False])), n_trials=4)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    optimizer = sampler.build_optimizer(study, study.trials[0].distributions)
+    # Optuna stores True as 1 and False as 0: proposing True would never be recorded, and proposed again
+    assert optimizer.space["c"].choices == (0, 1)
+    assert sorted({t.params["c"] for t in study.trials}) == [0, 1]
+    with pytest.raises(ValueError, match=r"hold 1 and True, which compare equal.*would record True as 1.*"
+                                         r"\['0', '1', 'True', 'False'\]"):
+        TetraOptSampler({"c": Categorical([0, 1, True, False])})
 
 
 # ------------------------------------------------------------------ 8. TetraOptSearch (Ray Tune)
@@ -153,9 +210,9 @@ def test_case_9_a_stored_study_with_another_search_space_fails_fast(tmp_path) ->
     study = _tuner(tmp_path).load_study()
     study.add_trial(create_trial(params={"lr": 0.01, "width": 16, "depth": 1},
                                  distributions=_tuner(tmp_path).distributions, value=0.5))
-    other = dict(TUNER_SPACE, width=Categorical([8, 32]))
-    with pytest.raises(ValueError, match=r"Study .case. in this storage was tuned over another search space.*'width'.*\[4, 16, 64\].*"
-                                         r"\[8, 32\].*`study_name`"):
+    other = dict(TUNER_SPACE, depth=Int(1, 4))  # a wider range: Optuna itself would mix the trials silently
+    with pytest.raises(ValueError, match=r"Study 'case' in this storage was tuned over another search space.*"
+                                         r"'depth': stored .*'high': 2.*now .*'high': 4.*`study_name`"):
         _tuner(tmp_path, search_space=other, catch=()).fit(_never_train, DigitsData())
     # the same space resumes as before
     assert _tuner(tmp_path).load_study().trials[0].value == 0.5

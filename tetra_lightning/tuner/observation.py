@@ -18,7 +18,8 @@ value so far.
 
 The point of a trial, one value per dimension of the space:
 
-1. the trial's param (an enqueued trial's given param while it waits), snapped to the nearest grid point;
+1. the trial's param (an enqueued trial's given param while it waits), kept exactly: TetraOpt files a value
+   between grid points (another sampler's, an enqueued one) under the nearest grid point;
 2. for a param the trial never suggested (a conditional param, e.g. ``momentum`` only for SGD), the value the
    sampler proposed for this trial (:data:`PROPOSED_KEY`);
 3. for a trial the sampler did not propose (enqueued, added, sampled by another sampler), the dimension's first
@@ -52,7 +53,7 @@ class Observation:
 
     Attributes:
         number: the trial's number in the study.
-        params: a grid point of the space (one value per dimension).
+        params: a point of the space (one value per dimension, each inside its dimension's range).
         value: the trial's value, ``None`` for a failed point.
     """
 
@@ -86,7 +87,7 @@ def trial_value(trial: FrozenTrial) -> float | None:
 
 
 def trial_point(trial: FrozenTrial, space: Any) -> dict[str, Any] | None:
-    """The grid point of ``trial`` in ``space`` (a ``tetra_lightning.optim.SearchSpace``), or ``None``.
+    """The point of ``trial`` in ``space`` (a ``tetra_lightning.optim.SearchSpace``), or ``None``.
 
     Example:
         >>> from optuna.distributions import IntDistribution
@@ -112,9 +113,10 @@ def trial_point(trial: FrozenTrial, space: Any) -> dict[str, Any] | None:
         else:
             point[name] = dimension.value(0)
     try:
-        return space.from_index(space.to_index(point))
+        space.to_index(point)
     except (KeyError, ValueError):
         return None  # a param outside the space (the space changed between sessions)
+    return point
 
 
 def observe(trial: FrozenTrial, space: Any) -> Observation | None:

@@ -103,6 +103,7 @@ class TetraOptSampler(BaseSampler):
         self._intersection = IntersectionSearchSpace(include_pruned=True)
         self._warned_exhausted = False
         self._warned_names: set[tuple[str, str]] = set()
+        self._inferred: tuple[tuple[tuple[str, BaseDistribution], ...], Any] | None = None
 
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()
@@ -122,11 +123,16 @@ class TetraOptSampler(BaseSampler):
     def _tetra_space(self, search_space: dict[str, BaseDistribution]) -> Any:
         if self._space is not None and set(self._space) == set(search_space):
             return self._space
+        key = tuple(search_space.items())
+        if self._inferred is not None and self._inferred[0] == key:
+            return self._inferred[1]  # the space of the previous trial: building a log-int grid takes milliseconds
         from tetra_lightning.optim import SearchSpace
 
-        return SearchSpace(
+        space = SearchSpace(
             {name: from_optuna_distribution(dist, self._float_grid) for name, dist in search_space.items()}
         )
+        self._inferred = (key, space)
+        return space
 
     # --------------------------------------------------------------- sampling
     def sample_relative(
