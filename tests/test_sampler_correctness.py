@@ -214,7 +214,10 @@ def test_case_9_a_stored_study_with_another_search_space_fails_fast(tmp_path) ->
     with pytest.raises(ValueError, match=r"Study 'case' in this storage was tuned over another search space.*"
                                          r"'depth': stored .*'high': 2.*now .*'high': 4.*`study_name`"):
         _tuner(tmp_path, search_space=other, catch=()).fit(_never_train, DigitsData())
-    # the same space resumes as before
+    # the same space resumes as before, also when it was stored before Int's to_dict() had "log"
+    stored = _tuner(tmp_path).load_study()
+    stored.set_user_attr("tetra:search_space", {**stored.user_attrs["tetra:search_space"],
+                                                "depth": {"type": "int", "low": 1, "high": 2, "step": 1}})
     assert _tuner(tmp_path).load_study().trials[0].value == 0.5
 
 

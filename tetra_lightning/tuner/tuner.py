@@ -278,7 +278,7 @@ class TetraOptTuner:
         stored = study.user_attrs.get(_SPACE_KEY)
         current = _as_json(self.search_space.to_dict())
         n_trials = len(study.get_trials(deepcopy=False))
-        if stored is None or _as_json(stored) == current or n_trials == 0:
+        if stored is None or n_trials == 0 or _comparable(stored) == _comparable(current):
             return
         changed = [name for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]
         details = "; ".join(
@@ -653,6 +653,20 @@ def _best_value(study: optuna.Study) -> float | None:
 def _as_json(value: Any) -> Any:
     # what a study's user attribute holds after a round trip through the storage (tuples become lists)
     return json.loads(json.dumps(value))
+
+
+# Keys a dimension's to_dict() gained after studies were stored, with the value the older dimension had.
+_DIMENSION_DEFAULTS = {"int": {"step": 1, "log": False}, "float": {"log": False}}
+
+
+def _comparable(space: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored search space with the keys that later versions added filled in, so an older study resumes."""
+    out = {}
+    for name, dimension in _as_json(space).items():
+        if isinstance(dimension, Mapping):
+            dimension = {**_DIMENSION_DEFAULTS.get(str(dimension.get("type")), {}), **dimension}
+        out[name] = dimension
+    return out
 
 
 def _describe(dimension: Any) -> str:
