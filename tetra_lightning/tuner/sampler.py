@@ -15,6 +15,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tetra_lightning.optim import SearchSpace, TetraOpt
 from tetra_lightning.tuner._optuna import fixed_params, set_trial_system_attr
 from tetra_lightning.tuner.observation import PROPOSED_KEY, observations, trial_point
 from tetra_lightning.tuner.space import (
@@ -110,7 +111,7 @@ class TetraOptSampler(BaseSampler):
 
     # ------------------------------------------------------------ search space
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        self._raise_error_if_multi_objective(study)
+        _check_single_objective(study)
         if self._distributions is not None:
             return dict(self._distributions)
         space: dict[str, BaseDistribution] = {}
@@ -126,8 +127,6 @@ class TetraOptSampler(BaseSampler):
         key = tuple(search_space.items())
         if self._inferred is not None and self._inferred[0] == key:
             return self._inferred[1]  # the space of the previous trial: building a log-int grid takes milliseconds
-        from tetra_lightning.optim import SearchSpace
-
         space = SearchSpace(
             {name: from_optuna_distribution(dist, self._float_grid) for name, dist in search_space.items()}
         )
@@ -138,7 +137,7 @@ class TetraOptSampler(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        self._raise_error_if_multi_objective(study)
+        _check_single_objective(study)
         if not search_space:
             return {}
         if set(search_space) <= set(fixed_params(trial)):
@@ -166,13 +165,13 @@ class TetraOptSampler(BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        self._raise_error_if_multi_objective(study)
+        _check_single_objective(study)
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         # Optuna's rule for single-objective samplers, enforced before the first trial runs (an inferred space
         # is empty then, and the trial would run on random params before the second one raised)
-        self._raise_error_if_multi_objective(study)
+        _check_single_objective(study)
         self._fallback.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
@@ -214,8 +213,6 @@ class TetraOptSampler(BaseSampler):
         Returns:
             The ``tetra_lightning.optim.TetraOpt``.
         """
-        from tetra_lightning.optim import TetraOpt
-
         space = self._tetra_space(search_space)
         direction = "maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize"
         optimizer = TetraOpt(space, budget=None, seed=self._seed, direction=direction, **self._optimizer_kwargs)
@@ -247,3 +244,11 @@ class TetraOptSampler(BaseSampler):
                 ahead += 1
         return busy, ahead
 
+
+def _check_single_objective(study: optuna.Study) -> None:
+    if len(study.directions) > 1:
+        raise ValueError(
+            f"TetraOptSampler optimizes one objective, but study {study.study_name!r} has {len(study.directions)} "
+            "(a multi-objective study). Create the study with one `direction`, or use a multi-objective sampler "
+            "such as optuna.samplers.NSGAIISampler."
+        )

@@ -18,21 +18,15 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from tetra_lightning.optim import Categorical, Dimension, Float, Int, SearchSpace, as_space
+
 # Points per float axis when a Float has no grid of its own and Optuna gives none either.
 DEFAULT_FLOAT_GRID = 16
 
 _OPTUNA_CHOICE_TYPES = (type(None), bool, int, float, str)
 
 
-def _optim():
-    # Imported lazily: tetra_lightning.optim is a sibling package and importing it here at module
-    # import would make `import tetra_lightning.tuner` fail for reasons unrelated to the caller.
-    from tetra_lightning import optim
-
-    return optim
-
-
-def as_search_space(search_space: Any) -> Any:
+def as_search_space(search_space: Any) -> SearchSpace:
     """Returns ``search_space`` as a ``tetra_lightning.optim.SearchSpace``.
 
     Args:
@@ -46,7 +40,6 @@ def as_search_space(search_space: Any) -> Any:
         TypeError: for anything else, or a Categorical choice that Optuna cannot store.
         ValueError: for an empty space.
     """
-    optim = _optim()
     if isinstance(search_space, Mapping) and len(search_space) == 0:
         raise ValueError(
             "`search_space` is empty: nothing to tune. Pass at least one parameter, e.g. "
@@ -57,7 +50,7 @@ def as_search_space(search_space: Any) -> Any:
             "`search_space` must be a dict of name -> Categorical/Int/Float or a "
             f"tetra_lightning.optim.SearchSpace, got {type(search_space).__name__}."
         )
-    space = optim.as_space(search_space)
+    space = as_space(search_space)
     for dimension in space.values():
         to_optuna_distribution(dimension)  # fail now, not at the first trial
     return space
@@ -65,8 +58,7 @@ def as_search_space(search_space: Any) -> Any:
 
 def to_optuna_distribution(dimension: Any) -> BaseDistribution:
     """Returns the Optuna distribution that holds every value of one TetraOpt dimension."""
-    optim = _optim()
-    if isinstance(dimension, optim.Categorical):
+    if isinstance(dimension, Categorical):
         choices = tuple(to_python(choice) for choice in dimension.choices)
         bad = [choice for choice in choices if not isinstance(choice, _OPTUNA_CHOICE_TYPES)]
         if bad:
@@ -84,9 +76,9 @@ def to_optuna_distribution(dimension: Any) -> BaseDistribution:
                 f"value, e.g. names: {[str(choice) for choice in choices]!r}."
             )
         return CategoricalDistribution(choices)
-    if isinstance(dimension, optim.Int):
+    if isinstance(dimension, Int):
         return IntDistribution(dimension.low, dimension.high, step=dimension.step, log=dimension.log)
-    if isinstance(dimension, optim.Float):
+    if isinstance(dimension, Float):
         if dimension.step is not None:
             # Optuna's stepped float; its high is the last step (what Optuna would adjust it to, with a warning)
             return FloatDistribution(dimension.low, dimension.grid[-1], step=dimension.step)
@@ -94,7 +86,7 @@ def to_optuna_distribution(dimension: Any) -> BaseDistribution:
         # fallback, enqueued trials) snap to the nearest grid point when the optimizer is told them.
         return FloatDistribution(dimension.low, dimension.high, log=dimension.log)
     raise TypeError(
-        f"Search-space entries must be tetra_lightning.optim.Categorical, Int or Float, got "
+        f"Search-space entries must be tetra_lightning.Categorical, Int or Float, got "
         f"{type(dimension).__name__} ({dimension!r}). Write e.g. `Float(1e-4, 1e-1, log=True)`."
     )
 
@@ -104,7 +96,7 @@ def to_optuna_distributions(search_space: Any) -> dict[str, BaseDistribution]:
     return {name: to_optuna_distribution(dim) for name, dim in as_search_space(search_space).items()}
 
 
-def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = DEFAULT_FLOAT_GRID) -> Any:
+def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = DEFAULT_FLOAT_GRID) -> Dimension:
     """Returns the TetraOpt dimension (a discretization) for an Optuna distribution.
 
     Ints and stepped floats keep their order and step (``Int(..., step=, log=)``, ``Float(..., step=)``: any value
@@ -124,21 +116,20 @@ def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = D
         >>> from_optuna_distribution(IntDistribution(1, 100, log=True))
         Int(1, 100, step=1, log=True)
     """
-    optim = _optim()
     if isinstance(distribution, CategoricalDistribution):
         # Optuna stores a choice by the index of the first choice equal to it (True as 1 in [0, 1, True]): only
         # those can be evaluated, so TetraOpt searches only those (proposing True would never be recorded)
         choices = distribution.choices
-        return optim.Categorical([c for i, (c, index) in enumerate(zip(choices, _optuna_indices(choices), strict=True))
+        return Categorical([c for i, (c, index) in enumerate(zip(choices, _optuna_indices(choices), strict=True))
                                   if index == i])
     if distribution.single():
-        return optim.Categorical([distribution.low])
+        return Categorical([distribution.low])
     if isinstance(distribution, IntDistribution):
-        return optim.Int(distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        return Int(distribution.low, distribution.high, step=distribution.step, log=distribution.log)
     if isinstance(distribution, FloatDistribution):
         if distribution.step is not None:
-            return optim.Float(distribution.low, distribution.high, step=distribution.step)
-        return optim.Float(distribution.low, distribution.high, log=distribution.log, grid=float_grid)
+            return Float(distribution.low, distribution.high, step=distribution.step)
+        return Float(distribution.low, distribution.high, log=distribution.log, grid=float_grid)
     raise TypeError(f"TetraOptSampler cannot discretize {type(distribution).__name__}.")
 
 
