@@ -206,6 +206,14 @@ def test_bad_arguments_raise_clear_errors() -> None:
         TetraOptSearch(GRID, metric="s").suggest("t")
 
 
+def test_ray_placeholder_tokens_are_still_rays() -> None:
+    from ray.tune.impl.placeholder import _FunctionResolver, _RefResolver
+
+    from tetra_lightning.tuner.ray import RAY_PLACEHOLDER_TOKENS
+
+    assert RAY_PLACEHOLDER_TOKENS == (_RefResolver.TOKEN, _FunctionResolver.TOKEN)
+
+
 def test_executor_argument_is_validated() -> None:
     with pytest.raises(ValueError, match="`executor` must be 'local' or 'ray', got 'dask'"):
         TetraOptTuner(MLP_SPACE, monitor="val_acc", executor="dask")
