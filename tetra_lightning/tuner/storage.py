@@ -21,6 +21,8 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tetra_lightning.tuner._optuna import backend_of, stale_trial_ids, storage_of, trial_id_of
+
 log = logging.getLogger("tetra_lightning.tuner")
 
 DEFAULT_STORAGE = "sqlite:///tetra_tune.db"
@@ -157,8 +159,7 @@ def grace_period_of(storage: BaseStorage) -> float | None:
     interval = heartbeat_interval_of(storage)
     if interval is None:
         return None
-    backend = getattr(storage, "_backend", storage)  # a study wraps its RDBStorage in a cache
-    grace = getattr(backend, "grace_period", None)
+    grace = getattr(backend_of(storage), "grace_period", None)  # a study wraps its RDBStorage in a cache
     return float(grace if grace is not None else 2 * interval)
 
 
@@ -280,17 +281,17 @@ def fail_stale_trials(study: optuna.Study, retry: bool = True) -> list[int]:
         >>> fail_stale_trials(study)
         []
     """
-    storage = study._storage
+    storage = storage_of(study)
     reasons: dict[int, str] = {}
-    running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    for trial in running.values():
+    running = {trial_id_of(t): t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    for trial_id, trial in running.items():
         if is_stale(trial):
-            reasons[trial._trial_id] = (
+            reasons[trial_id] = (
                 f"{STALE_PREFIX} process {trial.system_attrs.get(PID_KEY)} on {trial.system_attrs.get(HOST_KEY)} "
                 "died while the trial was running"
             )
     if heartbeat_interval_of(storage) is not None:
-        for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+        for trial_id in stale_trial_ids(study):
             trial = running.get(trial_id) or storage.get_trial(trial_id)
             reasons.setdefault(trial_id, (
                 f"{STALE_PREFIX} no heartbeat for {grace_period_of(storage):g}s from process "
