@@ -7,6 +7,7 @@ here failed before its fix (issue 19); add new cases to the area they belong to.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tetra_lightning.checkpoint import CompressibleMixin, check_checkpoint_fits,
 from tetra_lightning.decompose import SVDConfig, SVDLinear, TuckerConfig, compress_, restore_structure
 from tetra_lightning.prune import prune_, restore_pruned_structure
 from tetra_lightning.report import count_parameters, tied_parameters
+from tetra_lightning.tuner.storage import make_storage
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -384,3 +386,39 @@ def test_pruning_callback_on_a_model_whose_only_layer_is_its_output_warns(tmp_pa
     with pytest.warns(UserWarning, match=r"PruningCallback: nothing was pruned at stage 0"):
         quiet_trainer(tmp_path, [callback], max_epochs=2, limit_train_batches=1).fit(head_only)
     assert head_only.net.out_features == 4 and head_only.net.in_features == 8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tuner storage URLs
+# ----------------------------------------------------------------------------------------------------------
+def test_storage_sqlite_url_in_a_missing_folder_raises(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"names an SQLite file in the folder '.*/missing', which does not exist\. "
+                                         r"Create it first"):
+        make_storage(f"sqlite:///{tmp_path}/missing/study.db")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_storage_file_that_is_not_a_database_raises(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("a text file, not a database\n" * 20)
+    with pytest.raises(ValueError, match=r"notes\.db': the file is not an SQLite database \(it starts with b'a text file, not'\)"
+                                         r"\. Pass a new file name"):
+        make_storage(f"sqlite:///{notes}")
+    assert notes.read_text().startswith("a text file")  # left as it was
+
+
+def test_storage_truncated_database_raises(tmp_path: Path) -> None:
+    path = tmp_path / "study.db"
+    make_storage(f"sqlite:///{path}")  # creates the tables
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(ValueError, match=rf"study\.db': the file is truncated: its header says {len(whole)} bytes, the file has "
+                                         rf"{len(whole) // 3}\. .*restore the database from a backup"):
+        make_storage(f"sqlite:///{path}")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("MySQLdb") is not None, reason="the MySQL driver is installed here")
+def test_storage_mysql_url_without_its_driver_raises() -> None:
+    with pytest.raises(ImportError, match=r"`storage` 'mysql://tuner:\*\*\*@db-host/tetra' needs the module "
+                                          r"'MySQLdb', which is not installed: `pip install pymysql`.*mysql\+pymysql"):
+        make_storage("mysql://tuner:secret@db-host/tetra")
