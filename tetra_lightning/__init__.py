@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "count_bytes": "tetra_lightning.report",
     "count_macs": "tetra_lightning.report",
     "measure_latency": "tetra_lightning.report",
+    "tied_parameters": "tetra_lightning.report",
     # data
     "CIFAR10DataModule": "tetra_lightning.data",
     "DigitsDataModule": "tetra_lightning.data",
@@ -104,6 +105,7 @@ _EXPORTS: dict[str, str] = {
     "shrink_": "tetra_lightning.lowrank",
     "CompressibleMixin": "tetra_lightning.checkpoint",
     "restore_from_checkpoint": "tetra_lightning.checkpoint",
+    "check_checkpoint_fits": "tetra_lightning.checkpoint",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -129,7 +131,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         QuantizationCallback,
         TensorCompressionCallback,
     )
-    from tetra_lightning.checkpoint import CompressibleMixin, restore_from_checkpoint
+    from tetra_lightning.checkpoint import CompressibleMixin, check_checkpoint_fits, restore_from_checkpoint
     from tetra_lightning.data import (
         CIFAR10DataModule,
         DigitsDataModule,
@@ -199,6 +201,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         count_parameters,
         measure_latency,
         model_report,
+        tied_parameters,
     )
     from tetra_lightning.tuner import TetraOptSampler, TetraOptTuner, TrialPruningCallback, TuneResult
     from tetra_lightning.tuner.ray import TetraOptSearch

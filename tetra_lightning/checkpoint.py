@@ -14,6 +14,11 @@ Two ways to use it:
   history before Lightning loads the weights.
 * Any ``nn.Module``: ``restore_from_checkpoint(model, path)`` replays the history and loads the weights.
 
+Without either, ``Model.load_from_checkpoint(path)`` fails inside torch ("Missing key(s)", "Unexpected key(s)",
+"size mismatch"): nothing of this library runs there. :func:`check_checkpoint_fits` tells that case apart from a
+checkpoint of another architecture and names the fix; the structural callbacks warn at the first checkpoint of a
+module without the mixin.
+
 The checkpoint holds only plain Python types and tensors, so ``torch.load(path, weights_only=True)`` reads it.
 
 This module knows no transformation itself: each core registers how its entries are identified and replayed
@@ -508,7 +513,7 @@ def check_checkpoint_fits(
         for key in set(own) & set(weights)
         if isinstance(weights[key], torch.Tensor)
         and isinstance(own[key], torch.Tensor)
-        and not isinstance(own[key], nn.parameter.UninitializedTensorMixin)
+        and not nn.parameter.is_lazy(own[key])
         and tuple(own[key].shape) != tuple(weights[key].shape)
     )
     if not (missing or unexpected or resized):

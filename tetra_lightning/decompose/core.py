@@ -122,7 +122,9 @@ def module_from_spec(spec: Mapping[str, Any]) -> nn.Module:
 def _aliases(model: nn.Module, name: str) -> list[str]:
     """The other names under which the module at ``name`` is registered (the same object, not a copy)."""
     target = model.get_submodule(name)
-    return [other for other, module in model.named_modules(remove_duplicate=False) if module is target and other != name]
+    return [
+        other for other, module in model.named_modules(remove_duplicate=False) if module is target and other != name
+    ]
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -147,8 +149,8 @@ def _candidates(
     """The layers to factorize, and the conv layers of types compress_ does not factorize (to skip with a reason)."""
     factorized_prefixes: list[str] = []
     attention_prefixes: list[str] = []
-    found = []
-    unsupported = []
+    found: list[tuple[str, nn.Module]] = []
+    unsupported: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in factorized_prefixes):
             continue
@@ -165,8 +167,9 @@ def _candidates(
         if name and isinstance(module, kinds) and type(module) not in (nn.LazyLinear, nn.LazyConv2d):
             if filter_fn is None or filter_fn(module, name):
                 found.append((name, module))
-        elif name and isinstance(module, nn.modules.conv._ConvNd) and (filter_fn is None or filter_fn(module, name)):
-            unsupported.append((name, module))
+        elif name and isinstance(module, nn.modules.conv._ConvNd):
+            if filter_fn is None or filter_fn(module, name):
+                unsupported.append((name, module))
     return found, unsupported
 
 
