@@ -126,7 +126,9 @@ def make_sampler(method: str, seed: int, problem: Problem, tetra_kwargs: dict[st
 
 
 class SamplerTimer:
-    """Accumulates the wall time spent inside a sampler's hooks (patched on the instance; the class is untouched).
+    """Accumulates the time spent inside a sampler's hooks (patched on the instance; the class is untouched).
+
+    ``seconds`` is wall time, ``cpu_seconds`` this process's CPU time (what a shared machine does not inflate).
 
     Args:
         sampler: the sampler the study uses (``study.sampler`` stays this object).
@@ -134,16 +136,18 @@ class SamplerTimer:
 
     def __init__(self, sampler: Any) -> None:
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         for hook in SAMPLER_HOOKS:
             setattr(sampler, hook, self._timed(getattr(sampler, hook)))
 
     def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return method(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+                self.cpu_seconds += time.process_time() - cpu
 
         return timed
 
@@ -176,11 +180,14 @@ def warm_up(problem: Problem) -> None:
     _WARM.add(problem.name)
 
 
-def _worker_init() -> None:
+def _worker_init() -> Any:
+    """One thread for torch and for the BLAS/OpenMP pools; returns the threadpoolctl limiter (to restore)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     _quiet()
+    return threadpool_limits(limits=1)
 
 
 def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs: str = "{}") -> dict[str, Any]:
@@ -195,9 +202,10 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
 
     Returns:
         The run's record: ``values`` (one per trial, ``None`` for a failed trial), the ``best`` so far after each
-        trial, times (``eval_s``: the objective without the sampler calls inside it; ``sampler_s``: inside the
-        sampler; ``overhead_s``: everything but the objective, i.e. ask, suggest and tell), cumulative sampler
-        seconds at the checkpoints, repeated params, failures.
+        trial, times in wall and CPU seconds (``eval``: the objective without the sampler calls inside it;
+        ``sampler``: inside the sampler's hooks; ``overhead_cpu_s``: everything but the objective, i.e. ask,
+        suggest and tell; ``sampler_cpu_s_at``: cumulative sampler CPU seconds at the checkpoints), the number of
+        trials whose params repeat an earlier trial's, failures.
     """
     import optuna
 
@@ -213,15 +221,13 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
     seen: set[tuple] = set()
     repeats = failures = 0
     errors: list[str] = []
-    eval_s = overhead_s = 0.0
+    eval_s = eval_cpu_s = 0.0
     sampler_at: dict[str, float] = {}
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     incumbent = math.inf
     for number in range(1, budget + 1):
-        t0 = time.perf_counter()
         trial = study.ask()
-        t1 = time.perf_counter()
-        inside = timer.seconds
+        t1, c1, inside, inside_cpu = time.perf_counter(), time.process_time(), timer.seconds, timer.cpu_seconds
         value: float | None
         try:
             value = float(problem.objective(trial))
@@ -229,17 +235,15 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
             value = None
             if len(errors) < 3:
                 errors.append(f"{type(err).__name__}: {err}")
-        t2 = time.perf_counter()
-        inside = timer.seconds - inside
+        # the objective's time without the sampler calls inside it (define-by-run: suggest_* may sample)
+        eval_s += time.perf_counter() - t1 - (timer.seconds - inside)
+        eval_cpu_s += time.process_time() - c1 - (timer.cpu_seconds - inside_cpu)
         if value is None or not math.isfinite(value):
             value = None
             failures += 1
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             study.tell(trial, value)
-        t3 = time.perf_counter()
-        eval_s += (t2 - t1) - inside
-        overhead_s += (t1 - t0) + (t3 - t2) + inside
         key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
         repeats += key in seen
         seen.add(key)
@@ -248,13 +252,16 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
         values.append(value)
         best.append(None if math.isinf(incumbent) else sign * incumbent)
         if number in CHECKPOINTS or number == budget:
-            sampler_at[str(number)] = round(timer.seconds, 4)
+            sampler_at[str(number)] = round(timer.cpu_seconds, 4)
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     return {
         "problem": problem_name, "method": method, "seed": seed, "budget": budget,
         "values": [None if v is None else float(f"{v:.10g}") for v in values],
         "best": [None if v is None else float(f"{v:.10g}") for v in best],
-        "wall_s": round(time.perf_counter() - start, 4), "eval_s": round(eval_s, 4),
-        "overhead_s": round(overhead_s, 4), "sampler_s": round(timer.seconds, 4), "sampler_s_at": sampler_at,
+        "wall_s": round(wall_s, 4), "cpu_s": round(cpu_s, 4),
+        "eval_s": round(eval_s, 4), "eval_cpu_s": round(eval_cpu_s, 4),
+        "sampler_s": round(timer.seconds, 4), "sampler_cpu_s": round(timer.cpu_seconds, 4),
+        "overhead_cpu_s": round(cpu_s - eval_cpu_s, 4), "sampler_cpu_s_at": sampler_at,
         "repeated_params": int(repeats), "failures": int(failures), "errors": errors,
     }
 
@@ -267,7 +274,7 @@ def measure_overhead(method: str, trials: int = 100, dimension: int = 10, seed: 
 
     Returns:
         ``{"method", "trials", "dimension", "ms_per_trial": [...], "ms_at_end": mean of the last 10 trials,
-        "ms_mean": mean over all trials}``.
+        "ms_mean": mean over all trials}`` in wall milliseconds, and the same in CPU milliseconds (``cpu_ms_*``).
     """
     import optuna
 
@@ -276,18 +283,21 @@ def measure_overhead(method: str, trials: int = 100, dimension: int = 10, seed: 
                       objective=lambda t: 0.0, params={})
     sampler = make_sampler(method, seed, problem, json.loads(tetra_kwargs))
     study = optuna.create_study(direction="minimize", sampler=sampler)
-    ms = []
+    ms, cpu_ms = [], []
     for _ in range(trials):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trial = study.ask()
         x = np.array([trial.suggest_float(f"x{i}", -5.0, 5.0) for i in range(dimension)])
         value = float(np.sum((x - 1.0) ** 2))
         study.tell(trial, value)
         ms.append(1e3 * (time.perf_counter() - t0))
-    tail = ms[-min(10, len(ms)):]
+        cpu_ms.append(1e3 * (time.process_time() - c0))
+    tail = slice(-min(10, len(ms)), None)
     return {"method": method, "trials": trials, "dimension": dimension, "seed": seed,
-            "ms_per_trial": [round(v, 3) for v in ms], "ms_at_end": round(float(np.mean(tail)), 3),
-            "ms_mean": round(float(np.mean(ms)), 3), "best_value": round(study.best_value, 6)}
+            "ms_per_trial": [round(v, 3) for v in ms], "cpu_ms_per_trial": [round(v, 3) for v in cpu_ms],
+            "ms_at_end": round(float(np.mean(ms[tail])), 3), "cpu_ms_at_end": round(float(np.mean(cpu_ms[tail])), 3),
+            "ms_mean": round(float(np.mean(ms)), 3), "cpu_ms_mean": round(float(np.mean(cpu_ms)), 3),
+            "best_value": round(study.best_value, 6)}
 
 
 def _job(job: tuple) -> dict[str, Any]:
@@ -309,10 +319,10 @@ def run_jobs(jobs: list[tuple], workers: int, progress: bool = True) -> list[dic
                 b = r["best"][-1]
                 print(f"[{len(out)}/{len(jobs)}] {r['problem']:26s} {r['method']:8s} seed {r['seed']:2d}  "
                       f"best {b if b is None else f'{b:.6g}'}  {r['wall_s']:.1f}s "
-                      f"(sampler {r['sampler_s']:.1f}s)", flush=True)
+                      f"(CPU {r['cpu_s']:.1f}s, sampler {r['sampler_cpu_s']:.1f}s)", flush=True)
             else:
                 o = result["overhead"]
-                print(f"[{len(out)}/{len(jobs)}] overhead {o['method']:8s} {o['ms_at_end']:.1f} ms/trial at "
+                print(f"[{len(out)}/{len(jobs)}] overhead {o['method']:8s} {o['cpu_ms_at_end']:.1f} CPU ms/trial at "
                       f"{o['trials']} trials", flush=True)
 
     if workers <= 1:
@@ -320,16 +330,21 @@ def run_jobs(jobs: list[tuple], workers: int, progress: bool = True) -> list[dic
         import torch
 
         threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
+        limiter = None
         try:  # in this process: leave the caller's settings as they were
-            _worker_init()
+            limiter = _worker_init()
             for job in jobs:
                 report(_job(job))
         finally:
             torch.set_num_threads(threads)
             optuna.logging.set_verbosity(verbosity)
+            if limiter is not None:
+                limiter.restore_original_limits()
         return out
     import multiprocessing as mp
 
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")  # the spawned workers' BLAS pools, before they import numpy
     with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
         for result in pool.imap_unordered(_job, jobs, chunksize=1):
             report(result)
@@ -411,7 +426,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         best_ever = sign * min(sign * v for r in mine for v in r["values"] if v is not None)
         evals = sum(len(r["values"]) for r in mine)
         entry: dict[str, Any] = {"best_ever": best_ever, "family": info["family"],
-                                 "eval_ms": round(1e3 * sum(r["eval_s"] for r in mine) / evals, 2), "methods": {}}
+                                 "eval_ms": round(1e3 * sum(r["eval_cpu_s"] for r in mine) / evals, 2),
+                                 "eval_wall_ms": round(1e3 * sum(r["eval_s"] for r in mine) / evals, 2),
+                                 "methods": {}}
         for label in labels:
             if label not in scores:
                 continue
@@ -423,8 +440,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "score_se": [round(float(v), 4) for v in (rows.std(axis=0, ddof=1) / math.sqrt(n) if n > 1
                                                           else np.zeros(len(checkpoints)))],
                 "best_mean": [round(float(np.mean([r["best"][t - 1] for r in lruns])), 6) for t in checkpoints],
-                "sampler_ms_per_trial": round(1e3 * sum(r["sampler_s"] for r in lruns)
+                "sampler_ms_per_trial": round(1e3 * sum(r["sampler_cpu_s"] for r in lruns)
                                               / sum(len(r["values"]) for r in lruns), 2),
+                "sampler_wall_ms_per_trial": round(1e3 * sum(r["sampler_s"] for r in lruns)
+                                                   / sum(len(r["values"]) for r in lruns), 2),
+                "cpu_s_per_run": round(sum(r["cpu_s"] for r in lruns) / n, 3),
                 "wall_s_per_run": round(sum(r["wall_s"] for r in lruns) / n, 3),
                 "repeated_params_per_run": round(sum(r["repeated_params"] for r in lruns) / n, 2),
                 "failures_per_run": round(sum(r["failures"] for r in lruns) / n, 2),
@@ -461,12 +481,13 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 def estimate_wall(results: dict[str, Any], workers: int = 2, seeds: int = DEFAULT_SEEDS) -> dict[str, Any]:
     """Wall time of a run with ``seeds`` seeds of every (problem, method) of ``results`` on ``workers`` processes.
 
-    Scaled from the mean wall time per run measured here (at this file's budget); the pool keeps every worker
-    busy, so the wall time is the total CPU time of the runs divided by the workers (plus the longest run).
+    Scaled from the mean CPU time per run measured here (at this file's budget; CPU time, not wall time, so that
+    other loads on a shared machine do not inflate it); the pool keeps every worker busy, so the wall time on
+    ``workers`` free cores is the total CPU time of the runs divided by the workers, plus the longest run.
     """
     totals: dict[str, list[float]] = {}
     for run in results["runs"]:
-        totals.setdefault(f"{run['problem']}|{run['label']}", []).append(run["wall_s"])
+        totals.setdefault(f"{run['problem']}|{run['label']}", []).append(run["cpu_s"])
     per_pair = {k: float(np.mean(v)) for k, v in totals.items()}
     cpu = seeds * sum(per_pair.values())
     longest = max(max(v) for v in totals.values())
@@ -498,7 +519,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     lines += ["", "## Suite", "", f"Mean over problems ± standard error over seeds; 'beats random': share of "
               f"problems where the mean score at t={checkpoints[-1] if BEATS_RANDOM_AT not in checkpoints else BEATS_RANDOM_AT} "
               "is above 0.", "",
-              head + " | problems | beats random | sampler ms/trial |",
+              head + " | problems | beats random | sampler CPU ms/trial |",
               "|---" * (len(checkpoints) + 4) + "|"]
     for label, s in summary["suite"].items():
         cells = [f"{m:.2f} ± {e:.2f}" for m, e in zip(s["score_mean"], s["score_se"], strict=True)]
@@ -514,11 +535,11 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     for name, p in summary["problems"].items():
         info = results["problems"][name]
         lines.append(f"### {name} ({info['direction']}; best seen {p['best_ever']:.6g}; "
-                     f"{p['eval_ms']:.1f} ms per evaluation)")
+                     f"{p['eval_ms']:.1f} CPU ms per evaluation)")
         lines.append("")
         lines.append(info["description"] + ". Params: " + ", ".join(f"{k} {v}" for k, v in info["params"].items()))
         lines.append("")
-        lines.append(head + f" | mean best at t={checkpoints[-1]} | sampler ms/trial | repeated params/run |")
+        lines.append(head + f" | mean best at t={checkpoints[-1]} | sampler CPU ms/trial | repeated params/run |")
         lines.append("|---" * (len(checkpoints) + 4) + "|")
         for label, m in p["methods"].items():
             cells = [f"{a:.2f} ± {e:.2f}" for a, e in zip(m["score_mean"], m["score_se"], strict=True)]
@@ -528,16 +549,18 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     overhead = results.get("overhead", {})
     if overhead:
         lines += ["## Ask + tell time per trial (10-D continuous space, trivial objective)", "",
-                  "| method | trials | ms/trial, last 10 | ms/trial, mean |", "|---|---|---|---|"]
+                  "CPU milliseconds (wall milliseconds on this shared machine in parentheses).", "",
+                  "| method | trials | ms/trial, last 10 trials | ms/trial, mean |", "|---|---|---|---|"]
         for label, o in overhead.items():
-            lines.append(f"| {label} | {o['trials']} | {o['ms_at_end']:.1f} | {o['ms_mean']:.1f} |")
+            lines.append(f"| {label} | {o['trials']} | {o['cpu_ms_at_end']:.1f} ({o['ms_at_end']:.1f}) | "
+                         f"{o['cpu_ms_mean']:.1f} ({o['ms_mean']:.1f}) |")
         lines.append("")
     est = results.get("estimate")
     if est:
         lines += [f"## Cost of the default run ({est['seeds']} seeds, budget {est['budget']}, "
                   f"{est['workers']} workers)", "",
-                  f"Estimated from this file's run times: {est['cpu_s'] / 3600:.2f} CPU hours, "
-                  f"{est['wall_s'] / 3600:.2f} hours wall.", "",
+                  f"Estimated from this file's CPU time per run: {est['cpu_s'] / 3600:.2f} CPU hours, "
+                  f"{est['wall_s'] / 3600:.2f} hours wall on {est['workers']} free cores.", "",
                   "| method | CPU s |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in est["cpu_s_by_method"].items()]
         lines += ["", "| problem | CPU s |", "|---|---|"]
@@ -615,14 +638,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS),
                         help="comma-separated problem names, or a family: sklearn, lightning, bbob")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 per (problem, method)")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds per (problem, method)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trials per run")
     parser.add_argument("--tetra-kwargs", default="{}", help="JSON of TetraOptSampler constructor kwargs, e.g. "
                         "'{\"float_grid\": 32, \"optimizer_kwargs\": {\"rank\": 2}}'")
     parser.add_argument("--label", default=None, help="store the tetra runs under this name (ablations)")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1: the CPU is shared)")
     parser.add_argument("--merge", action="store_true", help="update an existing --out: replace the runs of the "
-                        "(problem, method label) pairs run now, keep the others")
+                        "(problem, method label, seed) triples run now, keep the others")
     parser.add_argument("--quick", action="store_true", help=f"{len(QUICK_PROBLEMS)} problems, 3 seeds, budget 20")
     parser.add_argument("--overhead-trials", type=int, default=100,
                         help="ask+tell timing on a 10-D continuous space for this many trials (0: skip)")
@@ -674,8 +698,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--merge: {out} has budget {old['meta']['budget']}, not {args.budget}; use the same "
                              "--budget or another --out.")
         results = old
-    redo = {(p, label[m]) for p in problems for m in methods}
-    results["runs"] = [r for r in results["runs"] if (r["problem"], r["label"]) not in redo]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    redo = {(p, label[m], seed) for p in problems for m in methods for seed in seeds}
+    results["runs"] = [r for r in results["runs"] if (r["problem"], r["label"], r["seed"]) not in redo]
 
     jobs: list[tuple] = []
     skipped: list[str] = []
@@ -690,8 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 skipped.append(f"{method} on {name}")
                 continue
             results["methods"].setdefault(label[method], {}).update({"method": method, **settings})
-            jobs.extend(("run", name, method, seed, args.budget, json.dumps(tetra_kwargs))
-                        for seed in range(args.seeds))
+            jobs.extend(("run", name, method, seed, args.budget, json.dumps(tetra_kwargs)) for seed in seeds)
     # longest first, so that the pool does not end waiting on one slow run
     slow = {"CNN-digits-acc": 3, "gp": 2, "tetra": 1}
     jobs.sort(key=lambda j: -(slow.get(j[1], 0) * 10 + slow.get(j[2], 0)))
@@ -718,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  "versions": _versions(), "machine": {**_machine(), "load_avg_at_start": load}})
     meta.setdefault("invocations", []).append({
         "argv": list(sys.argv[1:] if argv is None else argv), "labels": [label[m] for m in methods],
-        "problems": problems, "seeds": args.seeds, "workers": args.workers, "cpus": os.cpu_count(),
+        "problems": problems, "seeds": list(seeds), "workers": args.workers, "cpus": os.cpu_count(),
         "wall_s": round(wall, 1), "skipped": skipped, "tetra_kwargs": tetra_kwargs})
     summary = summarize(results)
     results["summary"] = summary
@@ -729,11 +753,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.quiet:
         print(_table(summary))
         for lab, o in results["overhead"].items():
-            print(f"ask+tell {lab:8s} {o['ms_at_end']:7.1f} ms/trial over the last 10 of {o['trials']} trials "
-                  f"(mean {o['ms_mean']:.1f})")
+            print(f"ask+tell {lab:8s} {o['cpu_ms_at_end']:7.1f} CPU ms/trial over the last 10 of {o['trials']} "
+                  f"trials (mean {o['cpu_ms_mean']:.1f}; wall {o['ms_at_end']:.1f})")
         est = results["estimate"]
-        print(f"default run ({DEFAULT_SEEDS} seeds, budget {est['budget']}) on 2 workers: ~{est['wall_s'] / 3600:.2f} "
-              f"h wall ({est['cpu_s'] / 3600:.2f} CPU h); this run: {wall:.0f} s")
+        print(f"{DEFAULT_SEEDS} seeds of this run's (problem, method) pairs at budget {est['budget']}: "
+              f"{est['cpu_s'] / 3600:.2f} CPU h, ~{est['wall_s'] / 3600:.2f} h on 2 free cores; this run: {wall:.0f} s")
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return results
 

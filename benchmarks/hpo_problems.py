@@ -350,7 +350,7 @@ class DigitsCNNObjective:
         weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
         dropout = trial.suggest_float("dropout", 0.0, 0.5)
         width = trial.suggest_int("width", 4, 32)
-        batch_size = trial.suggest_int("batch_size", 16, 256, log=True)
+        batch_size = trial.suggest_int("batch_size", 32, 256, log=True)
         optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
         momentum = trial.suggest_float("momentum", 0.0, 0.99) if optimizer == "sgd" else 0.0
         return self.evaluate(lr=lr, weight_decay=weight_decay, dropout=dropout, width=width,
@@ -390,7 +390,7 @@ def _digits_cnn() -> Problem:
     return Problem(
         name="CNN-digits-acc", family="lightning", direction="maximize", objective=DigitsCNNObjective(),
         params={"lr": "float [1e-4, 1] log", "weight_decay": "float [1e-6, 1e-2] log", "dropout": "float [0, 0.5]",
-                "width": "int [4, 32]", "batch_size": "int [16, 256] log", "optimizer": "categorical [adam, sgd]",
+                "width": "int [4, 32]", "batch_size": "int [32, 256] log", "optimizer": "categorical [adam, sgd]",
                 "momentum": "float [0, 0.99], SGD trials only"},
         categorical=True, conditional=True,
         description=f"Lightning CNN on the 8x8 digits, {DIGITS_EPOCHS} epochs, validation accuracy",

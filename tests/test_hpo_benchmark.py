@@ -73,6 +73,7 @@ def test_tiny_run_end_to_end(tmp_path) -> None:
         assert len(run["values"]) == len(run["best"]) == 6 and run["failures"] == 0
         assert run["best"] == [pick(run["values"][: t + 1]) for t in range(6)]
         assert run["eval_s"] > 0 and run["sampler_s"] > 0 and run["wall_s"] >= run["eval_s"]
+        assert 0 < run["eval_cpu_s"] < run["cpu_s"] and 0 < run["sampler_cpu_s"] <= run["overhead_cpu_s"]
     assert saved["problems"]["DT-breast-acc"]["direction"] == "maximize"
     assert 0.5 < max(r["best"][-1] for r in saved["runs"] if r["problem"] == "DT-breast-acc") <= 1.0
     summary = results["summary"]
@@ -89,16 +90,21 @@ def test_tiny_run_end_to_end(tmp_path) -> None:
         assert holders and all(by_run[h] == (1.0 if reference != problem["best_ever"] else 0.0) for h in holders)
     assert summary["suite"]["random"]["score_mean"] == [pytest.approx(0.0, abs=1e-9)]
     assert summary["suite"]["tpe"]["problems"] == 2
-    assert saved["overhead"]["random"]["trials"] == 4 and len(saved["overhead"]["random"]["ms_per_trial"]) == 4
+    overhead = saved["overhead"]["random"]
+    assert overhead["trials"] == 4 and len(overhead["ms_per_trial"]) == len(overhead["cpu_ms_per_trial"]) == 4
     assert saved["estimate"]["seeds"] == hpo.DEFAULT_SEEDS and saved["estimate"]["cpu_s"] > 0
     markdown = out.with_suffix(".md").read_text()
     assert "### DT-breast-acc" in markdown and "| random | 0.00 ± 0.00 |" in markdown
 
-    # --merge keeps the stored runs and adds a labelled variant next to them
-    hpo.main(["--problems", "bbob-f1-sphere-5d", "--methods", "random", "--seeds", "1", "--budget", "6",
-              "--overhead-trials", "0", "--out", str(out), "--merge", "--quiet"])
+    # --merge replaces the (problem, label, seed) runs made now and keeps the others
+    hpo.main(["--problems", "bbob-f1-sphere-5d", "--methods", "random", "--seeds", "2", "--first-seed", "1",
+              "--budget", "6", "--overhead-trials", "0", "--out", str(out), "--merge", "--quiet"])
     merged = json.loads(out.read_text())
-    assert len(merged["runs"]) == 8 - 2 + 1  # the sphere's two random runs were replaced by one
+    sphere_random = [r for r in merged["runs"] if r["problem"] == "bbob-f1-sphere-5d" and r["label"] == "random"]
+    assert len(merged["runs"]) == 9 and sorted(r["seed"] for r in sphere_random) == [0, 1, 2]
+    assert next(r for r in sphere_random if r["seed"] == 1)["values"] == next(
+        r for r in saved["runs"] if r["problem"] == "bbob-f1-sphere-5d" and r["label"] == "random"
+        and r["seed"] == 1)["values"]  # seeded: the rerun of seed 1 repeats it exactly
     assert len(merged["meta"]["invocations"]) == 2
     with pytest.raises(SystemExit, match="has budget 6, not 7"):
         hpo.main(["--problems", "bbob-f1-sphere-5d", "--methods", "random", "--seeds", "1", "--budget", "7",
