@@ -105,3 +105,65 @@ def test_to_index_errors_name_the_problem() -> None:
         space.to_index({"x": 1})
     with pytest.raises(ValueError, match="not one of the choices"):
         space.to_index({"x": 1, "c": "z"})
+
+
+def test_huge_int_range_is_never_materialized() -> None:
+    seed = Int(0, 2**31 - 1)
+    assert seed.n_values == 2**31 and seed.size == 128
+    assert seed.grid[0] == 0 and seed.grid[-1] == 2**31 - 1
+    assert seed.value(seed.index(2**30)) == pytest.approx(2**30, rel=0.01)  # nearest of the 128 levels
+    opt = TetraOpt({"seed": seed, "x": Int(0, 3)}, budget=12, seed=0)
+    while batch := opt.ask(3):
+        opt.tell(batch, [float(p["seed"] % 7 + p["x"]) for p in batch])
+    assert opt.n_evaluations == 12 and len({h["params"]["seed"] for h in opt.history}) > 1
+
+
+def test_fine_float_step_keeps_128_levels_and_snaps_noisy_values() -> None:
+    fine = Float(0.0, 100.0, step=0.001)  # 100001 values
+    assert fine.size == 128 and fine.grid[0] == 0.0 and fine.grid[-1] == 100.0
+    coarse = Float(0.0, 1.0, step=0.1)
+    assert coarse.grid == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    assert coarse.index(0.30000000000000004) == 3 and coarse.index(0.3) == 3
+    assert coarse.to_dict() == {"type": "float", "low": 0.0, "high": 1.0, "log": False, "step": 0.1}
+
+
+def test_log_int_holds_every_small_integer_and_snaps_in_log_space() -> None:
+    width = Int(1, 1024, log=True)
+    assert width.size == 128 and width.grid[:10] == tuple(range(1, 11)) and width.grid[-1] == 1024
+    assert width.value(width.index(37)) == 37  # on the grid: kept exactly
+    small = Int(1, 20, log=True)
+    assert small.grid == tuple(range(1, 21))
+
+
+def test_categorical_choices_compare_with_their_type() -> None:
+    dim = Categorical([0, 1, True, False])
+    assert [dim.index(v) for v in (0, 1, True, False)] == [0, 1, 2, 3]
+    assert dim.index(np.int64(1)) == 1 and dim.index(1.0) == 1
+    with_nan = Categorical([math.nan, 1.0])
+    assert with_nan.index(float("nan")) == 0
+    many = Categorical(list(range(20000)))  # distinctness is checked by hashing, not pairwise
+    assert many.index(19999) == 19999
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Categorical([math.nan, float("nan")]), "must be distinct"),
+        (lambda: Categorical([1, 1.0]), "must be distinct"),
+        (lambda: Int(0, 10, log=True), r"needs `low >= 1` and `step == 1`"),
+        (lambda: Int(1, 9, step=2, log=True), r"needs `low >= 1` and `step == 1`"),
+        (lambda: Float(0.0, 1.0, step=0.0), "`step` must be a positive number"),
+        (lambda: Float(1e-3, 1.0, step=0.1, log=True), "`step` or `log=True`, not both"),
+        (lambda: Float(0.0, 1.0, step=0.1, grid=5), "`step` or `grid`, not both"),
+    ],
+)
+def test_bad_new_dimensions_raise_clear_errors(make, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_non_numbers_do_not_fit_numeric_dimensions() -> None:
+    with pytest.raises(ValueError, match="not a number"):
+        Int(0, 3).index("2")
+    with pytest.raises(ValueError, match="not a number"):
+        Float(0.0, 1.0).index(math.nan)

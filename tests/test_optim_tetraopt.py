@@ -226,3 +226,27 @@ def test_quantized_space_optimization() -> None:
     step = 2.0 / 15
     assert res.best_value >= -(step ** 2) - 1e-12  # at most one grid step off in one coordinate
     assert res.n_evaluations == 80
+
+
+def test_off_grid_tells_keep_their_exact_params() -> None:
+    opt = TetraOpt({"x": Float(0.0, 1.0, grid=5), "c": Categorical(["a", "b"])}, budget=10, seed=0)
+    opt.tell([{"x": 0.3, "c": "a"}], [5.0])  # 0.3 lies between the grid points 0.25 and 0.5
+    assert opt.history[0]["params"] == {"x": 0.3, "c": "a"}
+    assert opt.best_params == {"x": 0.3, "c": "a"} and opt.best_value == 5.0
+    asked = []
+    while batch := opt.ask(3):
+        asked.extend(batch)
+        opt.tell(batch, [0.0] * len(batch))
+    assert {"x": 0.25, "c": "a"} not in asked  # the model filed 0.3 under 0.25: not proposed again
+    assert len(asked) == 9
+
+
+def test_a_told_value_that_is_not_a_number_raises_and_records_nothing() -> None:
+    opt = TetraOpt({"c": Categorical(["a", "b", "c"])}, budget=3)
+    with pytest.raises(TypeError, match="must be a number or None"):
+        opt.tell([{"c": "a"}, {"c": "b"}], [1.0, "oops"])
+    with pytest.raises(TypeError, match="must be a number or None"):
+        opt.tell([{"c": "a"}], [[1.0]])
+    assert opt.n_evaluations == 0 and opt.history == []
+    opt.tell([{"c": "a"}, {"c": "b"}], [np.float32(1.5), None])  # numbers of any kind, None for a failure
+    assert [h["state"] for h in opt.history] == ["complete", "failed"] and opt.best_value == 1.5

@@ -1,9 +1,12 @@
 """Finite search spaces for the tensor-train optimizers.
 
 Every dimension is a finite grid, so a search space is a tensor with one mode per dimension and a point is a
-multi-index into it. Floats are discretized (uniformly, or uniformly in log space), ints are ranges, categoricals
-are their choices. A grid of size ``p**q`` can be split into ``q`` modes of size ``p`` ("quantization", as in
-QTT/TTOpt) so the TT models see a longer chain of smaller modes.
+multi-index into it. Floats are discretized (uniformly, or uniformly in log space, or on their ``step``), ints are
+ranges (log-spaced when ``log=True``), categoricals are their choices. A range with more than ``MAX_LEVELS`` values
+(``Int(0, 2**31 - 1)``, a float with a fine ``step``) is never materialized: its grid is ``MAX_LEVELS`` of its
+values, evenly spaced (in log space for log dimensions), and any value of the range snaps to the nearest of them. A
+grid of size ``p**q`` can be split into ``q`` modes of size ``p`` ("quantization", as in QTT/TTOpt) so the TT
+models see a longer chain of smaller modes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Categorical", "Dimension", "Float", "Int", "SearchSpace", "as_space"]
+__all__ = ["MAX_LEVELS", "Categorical", "Dimension", "Float", "Int", "SearchSpace", "as_space"]
+
+# Grid points of one dimension at most: a longer range is represented by this many of its values.
+MAX_LEVELS = 128
 
 
 class Dimension(ABC):
@@ -44,8 +50,11 @@ class Dimension(ABC):
 class Categorical(Dimension):
     """A categorical dimension: an unordered finite set of choices.
 
+    Choices are compared with their type: ``[0, 1, True, False]`` are four distinct choices (as Optuna accepts
+    them), ``1`` and ``1.0`` are one, and NaN equals NaN.
+
     Args:
-        choices: the values, at least one, all distinct (compared with ``==``).
+        choices: the values, at least one, all distinct.
 
     Raises:
         ValueError: if ``choices`` is empty or has duplicates.
@@ -54,6 +63,8 @@ class Categorical(Dimension):
         >>> op = Categorical(["none", "skip", "conv"])
         >>> op.size, op.value(2), op.index("skip")
         (3, 'conv', 1)
+        >>> Categorical([0, 1, True, False]).index(True)
+        2
     """
 
     def __init__(self, choices: Sequence[Any]) -> None:
@@ -66,11 +77,23 @@ class Categorical(Dimension):
         if len(choices) == 0:
             raise ValueError("`choices` must hold at least one value, got an empty sequence. "
                              "Pass e.g. `Categorical(['relu', 'gelu'])`.")
-        for i, a in enumerate(choices):
-            for b in choices[i + 1:]:
-                if _equal(a, b):
-                    raise ValueError(f"`choices` must be distinct, got {a!r} twice in {list(choices)!r}. "
+        self._lookup: dict[Any, int] = {}
+        unhashable: list[int] = []
+        for i, c in enumerate(choices):
+            key = _choice_key(c)
+            if key is None:
+                unhashable.append(i)
+                continue
+            if key in self._lookup:
+                raise ValueError(f"`choices` must be distinct, got {c!r} twice in {list(choices)!r}. "
+                                 "Remove the duplicate.")
+            self._lookup[key] = i
+        for n, i in enumerate(unhashable):  # e.g. arrays: compared pairwise, there are few
+            for j in unhashable[n + 1:]:
+                if _equal(choices[i], choices[j]):
+                    raise ValueError(f"`choices` must be distinct, got {choices[i]!r} twice in {list(choices)!r}. "
                                      "Remove the duplicate.")
+        self._unhashable = tuple(unhashable)
         self.choices = choices
         self.grid = choices
 
@@ -80,8 +103,11 @@ class Categorical(Dimension):
         Raises:
             ValueError: if ``value`` is not one of the choices.
         """
-        for i, c in enumerate(self.choices):
-            if _equal(c, value):
+        key = _choice_key(value)
+        if key is not None and key in self._lookup:
+            return self._lookup[key]
+        for i in self._unhashable:
+            if _equal(self.choices[i], value):
                 return i
         raise ValueError(f"value {value!r} is not one of the choices {list(self.choices)!r}.")
 
@@ -92,24 +118,43 @@ class Categorical(Dimension):
         return f"Categorical({list(self.choices)!r})"
 
 
+def _evenly_spaced_indices(n_values: int, n_levels: int) -> list[int]:
+    """``n_levels`` distinct indices spread evenly over ``range(n_values)``, both ends included."""
+    if n_values <= n_levels:
+        return list(range(n_values))
+    return sorted({round(i * (n_values - 1) / (n_levels - 1)) for i in range(n_levels)})
+
+
 class Int(Dimension):
     """An integer range ``low, low + step, ..., high`` (both ends included).
+
+    A range of more than ``MAX_LEVELS`` values is searched on ``MAX_LEVELS`` of them, evenly spaced; any integer of
+    the range is accepted (and snaps to the nearest of them), and the range is never materialized.
 
     Args:
         low: smallest value.
         high: largest value, ``> low``; ``high - low`` must be a multiple of ``step``.
-        step: positive spacing of the grid.
+        step: positive spacing of the values.
+        log: space the searched values evenly in log space (learning-rate-like integers such as widths or batch
+            sizes); needs ``low >= 1`` and ``step == 1``.
 
     Raises:
-        ValueError: if ``low >= high``, ``step < 1`` or ``high - low`` is not a multiple of ``step``.
+        ValueError: if ``low >= high``, ``step < 1``, ``high - low`` is not a multiple of ``step``, or ``log`` with
+            ``low < 1`` or ``step != 1``.
 
     Example:
         >>> layers = Int(2, 8, step=2)
         >>> layers.grid, layers.index(6)
         ((2, 4, 6, 8), 2)
+        >>> width = Int(1, 1024, log=True)
+        >>> width.size, width.grid[:4], width.value(width.index(37))
+        (128, (1, 2, 3, 4), 37)
+        >>> seed = Int(0, 2**31 - 1)
+        >>> seed.size, seed.n_values
+        (128, 2147483648)
     """
 
-    def __init__(self, low: int, high: int, step: int = 1) -> None:
+    def __init__(self, low: int, high: int, step: int = 1, log: bool = False) -> None:
         for name, v in (("low", low), ("high", high), ("step", step)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"`{name}` of Int must be an int, got {v!r}. Use Float for real values.")
@@ -122,25 +167,38 @@ class Int(Dimension):
         if (high - low) % step != 0:
             raise ValueError(f"Int `high - low` must be a multiple of `step`, got low={low}, high={high}, "
                              f"step={step}. Use e.g. high={low + (high - low) // step * step}.")
-        self.low, self.high, self.step = low, high, step
-        self.grid = tuple(range(low, high + 1, step))
+        if log and (low < 1 or step != 1):
+            raise ValueError(f"Int with `log=True` needs `low >= 1` and `step == 1`, got low={low}, step={step}. "
+                             "Pass a positive lower bound such as low=1, or use log=False.")
+        self.low, self.high, self.step, self.log = low, high, step, bool(log)
+        self.n_values = (high - low) // step + 1
+        if self.log:
+            # all integers when they fit, else MAX_LEVELS log-spaced ones (every integer at the dense low end)
+            self.grid = tuple(range(low, high + 1)) if self.n_values <= MAX_LEVELS else _log_ints(low, high)
+            self._coords = np.log(np.asarray(self.grid, dtype=float))
+        else:
+            self.grid = tuple(low + i * step for i in _evenly_spaced_indices(self.n_values, MAX_LEVELS))
+            self._coords = np.asarray(self.grid, dtype=float)
 
     def index(self, value: Any) -> int:
-        """Index of the grid point nearest to ``value``.
+        """Index of the grid point nearest to ``value`` (in log space when ``log=True``).
 
         Raises:
-            ValueError: if ``value`` lies outside ``[low, high]``.
+            ValueError: if ``value`` is not a number inside ``[low, high]``.
         """
-        v = float(value)
+        v = _number(value, self)
         if not self.low - self.step / 2 <= v <= self.high + self.step / 2:
             raise ValueError(f"value {value!r} is outside the Int range [{self.low}, {self.high}].")
-        return int(min(self.size - 1, max(0, round((v - self.low) / self.step))))
+        if self.n_values <= MAX_LEVELS and not self.log:
+            return int(min(self.size - 1, max(0, round((v - self.low) / self.step))))
+        coord = math.log(min(max(v, self.low), self.high)) if self.log else v
+        return _nearest(self._coords, coord)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "int", "low": self.low, "high": self.high, "step": self.step}
+        return {"type": "int", "low": self.low, "high": self.high, "step": self.step, "log": self.log}
 
     def __repr__(self) -> str:
-        return f"Int({self.low}, {self.high}, step={self.step})"
+        return f"Int({self.low}, {self.high}, step={self.step}{', log=True' if self.log else ''})"
 
 
 class Float(Dimension):
@@ -152,9 +210,12 @@ class Float(Dimension):
         log: place the grid uniformly in ``log`` space (needs ``low > 0``), e.g. for learning rates.
         grid: number of grid points (an int >= 2, default 16; a power ``p**q`` can be quantized into ``q``
             modes of size ``p``), or an explicit increasing sequence of values inside ``[low, high]``.
+        step: the values are ``low, low + step, ...`` up to ``high`` (Optuna's ``suggest_float(..., step=...)``):
+            all of them when there are at most ``MAX_LEVELS``, else ``MAX_LEVELS`` evenly spaced ones; any value of
+            the interval snaps to the nearest. Not with ``log`` or an explicit ``grid``.
 
     Raises:
-        ValueError: if ``low >= high``, ``log`` with ``low <= 0``, or a bad ``grid``.
+        ValueError: if ``low >= high``, ``log`` with ``low <= 0``, a bad ``grid`` or ``step``.
 
     Example:
         >>> lr = Float(1e-4, 1e-1, log=True, grid=4)
@@ -162,9 +223,13 @@ class Float(Dimension):
         [0.0001, 0.001, 0.01, 0.1]
         >>> lr.index(0.0012)
         1
+        >>> drop = Float(0.0, 0.5, step=0.1)
+        >>> drop.grid, drop.index(0.30000000000000004)
+        ((0.0, 0.1, 0.2, 0.3, 0.4, 0.5), 3)
     """
 
-    def __init__(self, low: float, high: float, log: bool = False, grid: int | Sequence[float] = 16) -> None:
+    def __init__(self, low: float, high: float, log: bool = False, grid: int | Sequence[float] = 16,
+                 step: float | None = None) -> None:
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"Float bounds must be finite, got low={low}, high={high}.")
@@ -175,7 +240,23 @@ class Float(Dimension):
             raise ValueError(f"Float with `log=True` needs `low > 0`, got low={low}. "
                              "Pass a positive lower bound such as low=1e-6, or use log=False.")
         self.low, self.high, self.log = low, high, bool(log)
-        if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
+        self.step: float | None = None
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(float(step)) or float(step) <= 0:
+                raise ValueError(f"Float `step` must be a positive number, got step={step!r}. Pass e.g. step=0.1.")
+            if log:
+                raise ValueError("Float takes `step` or `log=True`, not both (as in Optuna). Drop one of them.")
+            if not (isinstance(grid, (int, np.integer)) and grid == 16):
+                raise ValueError(f"Float takes `step` or `grid`, not both, got step={step}, grid={grid!r}. "
+                                 "Drop one of them.")
+            self.step = float(step)
+            n_values = int(math.floor((high - low) / self.step + 1e-9)) + 1
+            picks = _evenly_spaced_indices(n_values, MAX_LEVELS)
+            # low + i * step, rounded so 0.1 * 3 reads 0.3; the digits follow the step's own precision
+            digits = max(0, 12 - int(math.floor(math.log10(self.step))))
+            values = np.array([min(high, round(low + i * self.step, digits)) for i in picks])
+        elif isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
             if grid < 2:
                 raise ValueError(f"Float `grid` must be an int >= 2 or a sequence of values, got grid={grid}. "
                                  "Pass e.g. grid=16.")
@@ -189,7 +270,7 @@ class Float(Dimension):
                 values = np.asarray(list(grid), dtype=float)  # type: ignore[arg-type]
             except (TypeError, ValueError) as err:
                 raise TypeError(f"Float `grid` must be an int or a sequence of floats, got {grid!r}.") from err
-            if values.size < 2 or np.any(np.diff(values) <= 0):
+            if values.size < 2 or not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
                 raise ValueError(f"an explicit Float `grid` needs >= 2 strictly increasing values, got {grid!r}.")
             if values[0] < low or values[-1] > high:
                 raise ValueError(f"Float `grid` values must lie in [low, high] = [{low}, {high}], got {grid!r}.")
@@ -202,20 +283,80 @@ class Float(Dimension):
         """Index of the grid point nearest to ``value`` (in log space when ``log=True``).
 
         Raises:
-            ValueError: if ``value`` lies outside ``[low, high]``.
+            ValueError: if ``value`` is not a number inside ``[low, high]``.
         """
-        v = float(value)
+        v = _number(value, self)
         span = self.high - self.low
         if not (self.low - 1e-9 * span <= v <= self.high + 1e-9 * span):
             raise ValueError(f"value {value!r} is outside the Float range [{self.low}, {self.high}].")
         coord = math.log(max(v, self.low)) if self.log else v
-        return int(np.argmin(np.abs(self._coords - coord)))
+        return _nearest(self._coords, coord)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "float", "low": self.low, "high": self.high, "log": self.log, "grid": list(self.grid)}
+        out: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            out["step"] = self.step
+        else:
+            out["grid"] = list(self.grid)
+        return out
 
     def __repr__(self) -> str:
+        if self.step is not None:
+            return f"Float({self.low}, {self.high}, step={self.step})"
         return f"Float({self.low}, {self.high}, log={self.log}, grid={self.size})"
+
+
+def _log_ints(low: int, high: int) -> tuple[int, ...]:
+    """``MAX_LEVELS`` distinct integers of ``[low, high]`` spread evenly in log space (``high - low >= MAX_LEVELS``)."""
+
+    def spread(n: int) -> list[int]:
+        return sorted({int(round(v)) for v in np.exp(np.linspace(math.log(low), math.log(high), n))})
+
+    lo, hi = MAX_LEVELS, 2 * MAX_LEVELS
+    while len(spread(hi)) < MAX_LEVELS:  # rounding merges neighbours at the low end: ask for more points
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if len(spread(mid)) < MAX_LEVELS else (lo, mid)
+    values = spread(hi)
+    while len(values) > MAX_LEVELS:  # drop from the dense low end, keep both ends
+        values.pop(1)
+    return tuple(values)
+
+
+def _number(value: Any, dim: Dimension) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"value {value!r} is not a number; {dim!r} takes numbers.")
+    v = float(value)
+    if math.isnan(v):
+        raise ValueError(f"value {value!r} is not a number; {dim!r} takes numbers.")
+    return v
+
+
+def _nearest(coords: np.ndarray, coord: float) -> int:
+    """Index of the sorted ``coords`` entry nearest to ``coord`` (binary search; the first on a tie)."""
+    j = int(np.searchsorted(coords, coord))
+    if j <= 0:
+        return 0
+    if j >= len(coords):
+        return len(coords) - 1
+    return j - 1 if coord - coords[j - 1] <= coords[j] - coord else j
+
+
+def _choice_key(value: Any) -> Any:
+    """A hashable key under which equal choices meet: bools apart from ints, NaN equal to NaN (None: unhashable)."""
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value) if isinstance(value, (float, np.floating)) else int(value)
+        if isinstance(v, float) and math.isnan(v):
+            return ("nan",)
+        return ("number", v)
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return ("other", type(value).__name__, value)
 
 
 def _equal(a: Any, b: Any) -> bool:

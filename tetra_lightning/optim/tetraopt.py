@@ -165,6 +165,7 @@ class TetraOpt:
         self.history: list[dict[str, Any]] = []
         self.n_cache_hits = 0
         self._best_i: tuple[int, ...] | None = None
+        self._best_params: dict[str, Any] | None = None
         self._best_score = -math.inf
         self._all: np.ndarray | None = None
         if self.space.size <= _ENUMERATE_LIMIT:
@@ -179,7 +180,7 @@ class TetraOpt:
         for params, value in warm_start or []:
             idx = self.space.to_index(params)
             if idx not in self._cache:
-                self._record(idx, value, None, counted=False)
+                self._record(idx, self._exact(params), _as_value(value), None, counted=False)
         self._strategy = _make_strategy(self)
 
     # ------------------------------------------------------------------ state
@@ -191,7 +192,7 @@ class TetraOpt:
     @property
     def best_params(self) -> dict[str, Any] | None:
         """Params of the best successful evaluation (``None`` before the first one)."""
-        return None if self._best_i is None else self.space.from_index(self._best_i)
+        return None if self._best_params is None else dict(self._best_params)
 
     @property
     def best_value(self) -> float:
@@ -252,7 +253,9 @@ class TetraOpt:
 
         ``None``, NaN or inf values mark failed evaluations: they are recorded, count against the budget, and are
         never proposed again. A point already evaluated is answered from the cache: the new value is ignored and
-        counted as a cache hit, not as an evaluation.
+        counted as a cache hit, not as an evaluation. A value between grid points (e.g. from another sampler) is
+        recorded with its exact params in :attr:`history` and :attr:`best_params`; the model files it under the
+        nearest grid point, which is then never proposed.
 
         Args:
             params: params dicts, e.g. as returned by :meth:`ask` (other points of the space are accepted too).
@@ -260,6 +263,7 @@ class TetraOpt:
 
         Raises:
             ValueError: if the lengths differ or a params dict does not fit the space.
+            TypeError: if a value is neither a number nor ``None`` (nothing of the batch is recorded then).
         """
         self._tell(params, values, None)
 
@@ -270,31 +274,34 @@ class TetraOpt:
         if len(params) != len(values):
             raise ValueError(f"`params` and `values` must have the same length, got {len(params)} and "
                              f"{len(values)}.")
+        # validate the whole batch first: a bad entry records nothing
+        points = [(self.space.to_index(p), self._exact(p)) for p in params]
+        numbers = [_as_value(v) for v in values]
         new_i, new_s = [], []
-        for j, (p, v) in enumerate(zip(params, values, strict=True)):
-            idx = self.space.to_index(p)
+        for j, ((idx, exact), v) in enumerate(zip(points, numbers, strict=True)):
             if idx in self._cache:
                 self.n_cache_hits += 1
                 continue
             self._pending.discard(idx)
             error = errors[j] if errors is not None else None
-            score = self._record(idx, v, error, counted=True)
+            score = self._record(idx, exact, v, error, counted=True)
             if score is not None:
                 new_i.append(idx)
                 new_s.append(score)
         self._strategy.observe(new_i, new_s)
 
-    def _record(self, idx: tuple[int, ...], value: Any, error: str | None, counted: bool) -> float | None:
-        try:
-            val = float(value) if value is not None else math.nan
-        except (TypeError, ValueError):
-            val = math.nan
+    def _exact(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The told params as plain Python values, in the space's order (dimensions only)."""
+        return {name: _plain(params[name]) for name in self.space.names}
+
+    def _record(self, idx: tuple[int, ...], params: dict[str, Any], val: float, error: str | None,
+                counted: bool) -> float | None:
         ok = math.isfinite(val)
         self._cache[idx] = val if ok else math.nan
         if counted:
             self.history.append({
                 "number": len(self.history),
-                "params": self.space.from_index(idx),
+                "params": dict(params),
                 "value": val if ok else None,
                 "state": "complete" if ok else "failed",
                 "error": error,
@@ -308,6 +315,7 @@ class TetraOpt:
         if score > self._best_score:
             self._best_score = score
             self._best_i = idx
+            self._best_params = dict(params)
         return score
 
     # ---------------------------------------------------------------- helpers
@@ -346,6 +354,26 @@ class TetraOpt:
         if not rows:
             return np.zeros((0, len(self._dims)), dtype=np.int64)
         return np.array(rows, dtype=np.int64)
+
+
+def _as_value(value: Any) -> float:
+    """A told value as a float (NaN for ``None``: a failed evaluation)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"a told value must be a number or None (a failed evaluation), got {value!r}. "
+                        "Tell the objective's float value, or None for a failed evaluation.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"a told value must be a number or None (a failed evaluation), got {value!r} "
+                        f"({type(value).__name__}). Tell the objective's float value, or None for a failed "
+                        "evaluation.") from None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python scalars."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # ---------------------------------------------------------------------- strategies
