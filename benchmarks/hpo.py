@@ -22,20 +22,24 @@ clipped from below at -1 (a run that ends far behind random search on a problem 
 the best would otherwise dominate the mean); where ``R(t)`` equals ``best`` the score is 0 for a run that also
 reached it and -1 otherwise. Reported: the mean over seeds per problem at 10/20/40/80 trials, the suite mean (the
 mean over problems; its standard error over seeds, each seed's suite mean being one replicate), family means,
-and the share of problems where a method's mean score at 40 trials is above random's 0.
+and the share of problems where a method's mean score at 40 trials is above random search's (0 before the clipping,
+a little above 0 after it).
 
-Cost: the time per evaluation of every problem, the time spent inside each sampler per trial (its
-``infer_relative_search_space``, ``sample_relative``, ``sample_independent``, ``before_trial`` and ``after_trial``
-wrapped with a timer), and an estimate of the default run's wall time on 2 workers from this run's run times.
-Separately (``--overhead-trials``), ask + tell time per trial of each ``--overhead-methods`` sampler on a
-10-dimensional continuous space (a sphere) over 100 trials (issue #16's target: TetraOpt under 50 ms per trial at
-100 trials; GPSampler's time in the same run is the comparison).
+Cost, in CPU seconds (what other loads on a shared machine inflate least) next to wall seconds: the time per
+evaluation of every problem, the time spent inside each sampler per trial (its ``infer_relative_search_space``,
+``sample_relative``, ``sample_independent``, ``before_trial`` and ``after_trial`` wrapped with a timer), and an
+estimate of the default run's wall time on 2 free cores from this run's CPU time per run. Separately
+(``--overhead-trials``), ask + tell time per trial of each ``--overhead-methods`` sampler on a 10-dimensional
+continuous space (a sphere) over 100 trials (issue #16's target: TetraOpt under 50 ms per trial at 100 trials;
+GPSampler's time in the same run is the comparison).
 
 Usage:
     python benchmarks/hpo.py --workers 2                     # default suite: 18 problems, 10 seeds, budget 80
     python benchmarks/hpo.py --quick                          # 4 problems, 3 seeds, budget 20 (a few minutes)
     python benchmarks/hpo.py --methods tetra,gp,tpe,random --seeds 3 --budget 40 --workers 1 \\
         --out benchmarks/results/hpo_baseline_before.json
+    # more seeds later, into the same file (runs are replaced by (problem, label, seed))
+    python benchmarks/hpo.py --methods gp --seeds 5 --first-seed 5 --merge
     # ablation: a TetraOptSampler variant next to the stored runs, under its own label
     python benchmarks/hpo.py --methods tetra --tetra-kwargs '{"float_grid": 32}' --label "tetra grid32" --merge
 """
@@ -205,7 +209,7 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
         trial, times in wall and CPU seconds (``eval``: the objective without the sampler calls inside it;
         ``sampler``: inside the sampler's hooks; ``overhead_cpu_s``: everything but the objective, i.e. ask,
         suggest and tell; ``sampler_cpu_s_at``: cumulative sampler CPU seconds at the checkpoints), the number of
-        trials whose params repeat an earlier trial's, failures.
+        trials whose params repeat an earlier trial's, the number of distinct values each param took, failures.
     """
     import optuna
 
@@ -219,6 +223,7 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
     values: list[float | None] = []
     best: list[float | None] = []
     seen: set[tuple] = set()
+    param_values: dict[str, set] = {}
     repeats = failures = 0
     errors: list[str] = []
     eval_s = eval_cpu_s = 0.0
@@ -247,6 +252,8 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
         key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
         repeats += key in seen
         seen.add(key)
+        for name, param in trial.params.items():
+            param_values.setdefault(name, set()).add(param)
         if value is not None:
             incumbent = min(incumbent, sign * value)
         values.append(value)
@@ -262,7 +269,8 @@ def run_one(problem_name: str, method: str, seed: int, budget: int, tetra_kwargs
         "eval_s": round(eval_s, 4), "eval_cpu_s": round(eval_cpu_s, 4),
         "sampler_s": round(timer.seconds, 4), "sampler_cpu_s": round(timer.cpu_seconds, 4),
         "overhead_cpu_s": round(cpu_s - eval_cpu_s, 4), "sampler_cpu_s_at": sampler_at,
-        "repeated_params": int(repeats), "failures": int(failures), "errors": errors,
+        "repeated_params": int(repeats), "distinct_param_values": {k: len(v) for k, v in param_values.items()},
+        "failures": int(failures), "errors": errors,
     }
 
 
@@ -462,7 +470,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         complete = [np.mean(rows, axis=0) for rows in seeds.values() if len(rows) == len(means)]
         se = (np.std(complete, axis=0, ddof=1) / math.sqrt(len(complete)) if len(complete) > 1
               else np.zeros(len(checkpoints)))
-        beats = [p["methods"][label]["score_mean"][k] > 0 for p in per_problem.values() if label in p["methods"]]
+        # above random search's own mean score, which is 0 before the clipping at -1 and a little above after it
+        beats = [p["methods"][label]["score_mean"][k] > p["methods"]["random"]["score_mean"][k]
+                 for p in per_problem.values() if label in p["methods"]]
         suite[label] = {
             "score_mean": [round(float(v), 4) for v in np.mean(means, axis=0)],
             "score_se": [round(float(v), 4) for v in se],
@@ -516,9 +526,10 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     for run in results["meta"].get("invocations", []):
         lines.append(f"- `python benchmarks/hpo.py {' '.join(run['argv'])}`: {', '.join(run['labels'])}; "
                      f"{run['wall_s']:.0f} s wall on {run['workers']} worker(s), {run.get('cpus', '?')} CPUs")
-    lines += ["", "## Suite", "", f"Mean over problems ± standard error over seeds; 'beats random': share of "
-              f"problems where the mean score at t={checkpoints[-1] if BEATS_RANDOM_AT not in checkpoints else BEATS_RANDOM_AT} "
-              "is above 0.", "",
+    at = BEATS_RANDOM_AT if BEATS_RANDOM_AT in checkpoints else checkpoints[-1]
+    lines += ["", "## Suite", "", "Mean over problems ± standard error over seeds; 'beats random': share of "
+              f"problems where the mean score at t={at} is above random search's (random search's mean score is 0 "
+              "before the clipping at -1, a little above 0 after it).", "",
               head + " | problems | beats random | sampler CPU ms/trial |",
               "|---" * (len(checkpoints) + 4) + "|"]
     for label, s in summary["suite"].items():
@@ -583,8 +594,9 @@ def _table(summary: dict[str, Any]) -> str:
     for label, s in summary["suite"].items():
         cells = "  ".join(f"t={t}: {a:+.2f}±{e:.2f}" for t, a, e in
                           zip(checkpoints, s["score_mean"], s["score_se"], strict=True))
-        lines.append(f"    {label:14s} {cells}   beats random at t={s['beats_random_at']} on "
-                     f"{100 * s['beats_random_share']:.0f}% of {s['problems']} problems")
+        beats = "" if label == "random" else (f"   beats random at t={s['beats_random_at']} on "
+                                              f"{100 * s['beats_random_share']:.0f}% of {s['problems']} problems")
+        lines.append(f"    {label:14s} {cells}{beats}")
     return "\n".join(lines)
 
 
@@ -652,6 +664,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="ask+tell timing on a 10-D continuous space for this many trials (0: skip)")
     parser.add_argument("--overhead-methods", default="tetra,gp", help="samplers timed by --overhead-trials")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: recompute the scores, tables and estimate of --out from its runs")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     if args.quick:
@@ -691,6 +705,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.label:
         label["tetra"] = args.label
     out = Path(args.out)
+    if args.report:
+        if not out.is_file():
+            raise SystemExit(f"--report: {out} does not exist; run the benchmark first or pass --out FILE.")
+        return write_report(json.loads(out.read_text()), out, quiet=args.quiet)
     results: dict[str, Any] = {"meta": {}, "problems": {}, "methods": {}, "overhead": {}, "runs": []}
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -744,20 +762,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "argv": list(sys.argv[1:] if argv is None else argv), "labels": [label[m] for m in methods],
         "problems": problems, "seeds": list(seeds), "workers": args.workers, "cpus": os.cpu_count(),
         "wall_s": round(wall, 1), "skipped": skipped, "tetra_kwargs": tetra_kwargs})
+    return write_report(results, out, quiet=args.quiet, wall=wall)
+
+
+def write_report(results: dict[str, Any], out: Path, quiet: bool = False, wall: float | None = None) -> dict[str, Any]:
+    """Recomputes the summary and the cost estimate from the runs, writes ``out`` and its markdown, prints."""
     summary = summarize(results)
     results["summary"] = summary
     results["estimate"] = estimate_wall(results, workers=2, seeds=DEFAULT_SEEDS)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_dumps(results))
     out.with_suffix(".md").write_text(markdown(results, summary))
-    if not args.quiet:
+    if not quiet:
         print(_table(summary))
         for lab, o in results["overhead"].items():
             print(f"ask+tell {lab:8s} {o['cpu_ms_at_end']:7.1f} CPU ms/trial over the last 10 of {o['trials']} "
                   f"trials (mean {o['cpu_ms_mean']:.1f}; wall {o['ms_at_end']:.1f})")
         est = results["estimate"]
-        print(f"{DEFAULT_SEEDS} seeds of this run's (problem, method) pairs at budget {est['budget']}: "
-              f"{est['cpu_s'] / 3600:.2f} CPU h, ~{est['wall_s'] / 3600:.2f} h on 2 free cores; this run: {wall:.0f} s")
+        print(f"{DEFAULT_SEEDS} seeds of this file's (problem, method) pairs at budget {est['budget']}: "
+              f"{est['cpu_s'] / 3600:.2f} CPU h, ~{est['wall_s'] / 3600:.2f} h on 2 free cores"
+              + ("" if wall is None else f"; this run: {wall:.0f} s"))
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return results
 
