@@ -344,9 +344,10 @@ def run_jobs(jobs: list[tuple], workers: int, progress: bool = True) -> list[dic
         threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
         limiter = None
         try:  # in this process: leave the caller's settings as they were
-            limiter = _worker_init()
-            for job in jobs:
-                report(_job(job))
+            with warnings.catch_warnings():
+                limiter = _worker_init()
+                for job in jobs:
+                    report(_job(job))
         finally:
             torch.set_num_threads(threads)
             optuna.logging.set_verbosity(verbosity)
