@@ -10,7 +10,10 @@ Methods, each seeded per run: ``tetra`` = ``TetraOptSampler(seed=s)`` as a user 
 define-by-run; ``--tetra-kwargs`` adds constructor kwargs for ablations, stored under ``--label``), ``gp`` =
 ``GPSampler(seed=s, deterministic_objective=True)`` (the objectives are deterministic, so this is fair),
 ``tpe`` = ``TPESampler(seed=s)``, ``tpe_mv`` = ``TPESampler(seed=s, multivariate=True)`` (``group=True`` on
-conditional spaces), ``cmaes`` = ``CmaEsSampler(seed=s)`` on the problems whose params are all floats and ints
+conditional spaces), ``tpe_indep`` = ``TPESampler(seed=s, multivariate=False)`` (not in the default run). Since
+Optuna 5.0 ``TPESampler()`` is multivariate for one objective, so ``tpe`` and ``tpe_mv`` are the same sampler
+except on conditional spaces; elsewhere ``tpe_mv``'s runs are copies of ``tpe``'s (marked ``same_as``; the runs
+are bit-identical), not run twice. ``tpe_indep`` is the independent TPE, Optuna 4's default. ``cmaes`` = ``CmaEsSampler(seed=s)`` on the problems whose params are all floats and ints
 in every trial (skipped on categorical or conditional spaces, where CMA-ES would sample those params at random),
 ``random`` = ``RandomSampler(seed=s)``. GP and both TPEs start with 10 trials of their independent sampler,
 ``RandomSampler(seed=s)``, so their first 10 trials are those of random search with the same seed (their score at
@@ -69,7 +72,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.hpo_problems import PROBLEMS, Problem, get_problem  # noqa: E402
 
-METHODS = ("tetra", "gp", "tpe", "tpe_mv", "cmaes", "random")
+METHODS = ("tetra", "gp", "tpe", "tpe_mv", "tpe_indep", "cmaes", "random")
+DEFAULT_METHODS = ("tetra", "gp", "tpe", "tpe_mv", "cmaes", "random")
 CHECKPOINTS = (10, 20, 40, 80)
 DEFAULT_SEEDS = 10
 DEFAULT_BUDGET = 80
@@ -107,11 +111,32 @@ def method_settings(method: str, problem: Problem, tetra_kwargs: dict[str, Any])
         if problem.conditional:
             kwargs["group"] = True
         return {"sampler": "TPESampler", "kwargs": kwargs}
+    if method == "tpe_indep":
+        return {"sampler": "TPESampler", "kwargs": {"multivariate": False}}
     if method == "cmaes":
         return {"sampler": "CmaEsSampler", "kwargs": {}} if problem.continuous_only else None
     if method == "random":
         return {"sampler": "RandomSampler", "kwargs": {}}
     raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}.")
+
+
+def tpe_default_is_multivariate() -> bool:
+    """Whether ``TPESampler()`` is the multivariate TPE for one objective (Optuna >= 5; before, independent)."""
+    import optuna
+
+    return int(optuna.__version__.split(".")[0]) >= 5
+
+
+def same_sampler_as(method: str, problem: Problem) -> str | None:
+    """The method whose runs ``method``'s runs repeat exactly on ``problem`` (same sampler, same seed), if any.
+
+    In Optuna >= 5 ``TPESampler(seed=s)`` is already ``TPESampler(multivariate=True, seed=s)`` for one objective,
+    so ``tpe_mv`` differs from ``tpe`` only where it adds ``group=True`` (conditional spaces); elsewhere its runs
+    are copied from ``tpe``'s instead of being run again.
+    """
+    if method == "tpe_mv" and not problem.conditional and tpe_default_is_multivariate():
+        return "tpe"
+    return None
 
 
 def make_sampler(method: str, seed: int, problem: Problem, tetra_kwargs: dict[str, Any] | None = None) -> Any:
@@ -502,6 +527,8 @@ def estimate_wall(results: dict[str, Any], workers: int = 2, seeds: int = DEFAUL
     """
     totals: dict[str, list[float]] = {}
     for run in results["runs"]:
+        if run.get("same_as"):
+            continue  # copied from an identical run, not run
         totals.setdefault(f"{run['problem']}|{run['label']}", []).append(run["cpu_s"])
     per_pair = {k: float(np.mean(v)) for k, v in totals.items()}
     cpu = seeds * sum(per_pair.values())
@@ -515,7 +542,7 @@ def estimate_wall(results: dict[str, Any], workers: int = 2, seeds: int = DEFAUL
     return {"workers": workers, "seeds": seeds, "budget": min(len(r["best"]) for r in results["runs"]),
             "cpu_s": round(cpu, 1), "wall_s": round(cpu / workers + longest, 1),
             "cpu_s_by_problem": {k: round(v, 1) for k, v in by_problem.items()},
-            "cpu_s_by_method": {k: round(by_method[k], 1) for k in _ordered_labels(results["runs"])}}
+            "cpu_s_by_method": {k: round(by_method.get(k, 0.0), 1) for k in _ordered_labels(results["runs"])}}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -530,7 +557,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
                  "`benchmarks/hpo.py` docstring has the protocol.")
     for run in results["meta"].get("invocations", []):
         lines.append(f"- `python benchmarks/hpo.py {' '.join(run['argv'])}`: {', '.join(run['labels'])}; "
-                     f"{run['wall_s']:.0f} s wall on {run['workers']} worker(s), {run.get('cpus', '?')} CPUs")
+                     f"{run['wall_s']:.0f} s wall on {run['workers']} worker(s), {run.get('cpus', '?')} CPUs"
+                     + (f". {run['note']}" if run.get("note") else ""))
     at = BEATS_RANDOM_AT if BEATS_RANDOM_AT in checkpoints else checkpoints[-1]
     lines += ["", "## Suite", "", "Mean over problems ± standard error over seeds; 'beats random': share of "
               f"problems where the mean score at t={at} is above random search's (random search's mean score is 0 "
@@ -654,7 +682,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS),
                         help="comma-separated problem names, or a family: sklearn, lightning, bbob")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of {', '.join(METHODS)} (default: all but tpe_indep)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds per (problem, method)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trials per run")
@@ -732,6 +761,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     jobs: list[tuple] = []
     skipped: list[str] = []
+    copies: list[tuple[str, str, str]] = []  # (problem, method, method whose runs it repeats)
     for name in problems:
         problem = get_problem(name)
         results["problems"][name] = {"family": problem.family, "direction": problem.direction,
@@ -743,6 +773,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 skipped.append(f"{method} on {name}")
                 continue
             results["methods"].setdefault(label[method], {}).update({"method": method, **settings})
+            twin = same_sampler_as(method, problem)
+            if twin is not None and twin in methods:
+                copies.append((name, method, twin))
+                continue
             jobs.extend(("run", name, method, seed, args.budget, json.dumps(tetra_kwargs)) for seed in seeds)
     # longest first, so that the pool does not end waiting on one slow run
     slow = {"CNN-digits-acc": 3, "gp": 2, "tetra": 1}
@@ -763,6 +797,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             o = result["overhead"]
             results["overhead"][label.get(o["method"], o["method"])] = o
     wall = time.perf_counter() - start
+    for name, method, twin in copies:
+        for run in [r for r in results["runs"] if r["problem"] == name and r["label"] == label[twin]
+                    and r["seed"] in seeds]:
+            results["runs"].append({**run, "method": method, "label": label[method], "same_as": twin})
     order = {name: i for i, name in enumerate(PROBLEMS)}
     results["runs"].sort(key=lambda r: (order.get(r["problem"], 99), r["label"], r["seed"]))
     meta = results["meta"]
@@ -771,7 +809,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta.setdefault("invocations", []).append({
         "argv": list(sys.argv[1:] if argv is None else argv), "labels": [label[m] for m in methods],
         "problems": problems, "seeds": list(seeds), "workers": args.workers, "cpus": os.cpu_count(),
-        "wall_s": round(wall, 1), "skipped": skipped, "tetra_kwargs": tetra_kwargs})
+        "wall_s": round(wall, 1), "skipped": skipped, "tetra_kwargs": tetra_kwargs,
+        "copied": [f"{method} on {name} = {twin} (the same sampler in Optuna {_versions()['optuna']})"
+                   for name, method, twin in copies]})
     return write_report(results, out, quiet=args.quiet, wall=wall)
 
 

@@ -60,13 +60,17 @@ def test_normalized_scores_needs_random_runs_and_a_long_enough_budget() -> None:
 
 def test_tiny_run_end_to_end(tmp_path) -> None:
     out = tmp_path / "hpo.json"
-    results = hpo.main(["--problems", "DT-breast-acc,bbob-f1-sphere-5d", "--methods", "tpe,random",
+    results = hpo.main(["--problems", "DT-breast-acc,bbob-f1-sphere-5d", "--methods", "tpe,tpe_mv,random",
                         "--seeds", "2", "--budget", "6", "--overhead-trials", "4", "--overhead-methods", "random",
                         "--out", str(out), "--quiet"])
     saved = json.loads(out.read_text())
     assert saved["meta"]["budget"] == 6 and saved["summary"]["checkpoints"] == [6]
     assert {(r["problem"], r["label"], r["seed"]) for r in saved["runs"]} == {
-        (p, m, s) for p in ("DT-breast-acc", "bbob-f1-sphere-5d") for m in ("tpe", "random") for s in (0, 1)}
+        (p, m, s) for p in ("DT-breast-acc", "bbob-f1-sphere-5d") for m in ("tpe", "tpe_mv", "random")
+        for s in (0, 1)}
+    # in Optuna >= 5 TPESampler() is multivariate: on these unconditional spaces tpe_mv's runs are tpe's
+    copied = [r for r in saved["runs"] if r["label"] == "tpe_mv"]
+    assert all(r.get("same_as") == "tpe" for r in copied) == hpo.tpe_default_is_multivariate()
     for run in saved["runs"]:
         direction = saved["problems"][run["problem"]]["direction"]
         pick = min if direction == "minimize" else max
@@ -89,7 +93,7 @@ def test_tiny_run_end_to_end(tmp_path) -> None:
         reference = np.mean([r["best"][-1] for r in mine if r["label"] == "random"])
         assert holders and all(by_run[h] == (1.0 if reference != problem["best_ever"] else 0.0) for h in holders)
     assert summary["suite"]["random"]["score_mean"] == [pytest.approx(0.0, abs=1e-9)]
-    assert summary["suite"]["tpe"]["problems"] == 2
+    assert summary["suite"]["tpe"]["problems"] == summary["suite"]["tpe_mv"]["problems"] == 2
     overhead = saved["overhead"]["random"]
     assert overhead["trials"] == 4 and len(overhead["ms_per_trial"]) == len(overhead["cpu_ms_per_trial"]) == 4
     assert saved["estimate"]["seeds"] == hpo.DEFAULT_SEEDS and saved["estimate"]["cpu_s"] > 0
@@ -101,7 +105,7 @@ def test_tiny_run_end_to_end(tmp_path) -> None:
               "--budget", "6", "--overhead-trials", "0", "--out", str(out), "--merge", "--quiet"])
     merged = json.loads(out.read_text())
     sphere_random = [r for r in merged["runs"] if r["problem"] == "bbob-f1-sphere-5d" and r["label"] == "random"]
-    assert len(merged["runs"]) == 9 and sorted(r["seed"] for r in sphere_random) == [0, 1, 2]
+    assert len(merged["runs"]) == 13 and sorted(r["seed"] for r in sphere_random) == [0, 1, 2]
     assert next(r for r in sphere_random if r["seed"] == 1)["values"] == next(
         r for r in saved["runs"] if r["problem"] == "bbob-f1-sphere-5d" and r["label"] == "random"
         and r["seed"] == 1)["values"]  # seeded: the rerun of seed 1 repeats it exactly
@@ -134,6 +138,8 @@ def test_method_settings_per_space() -> None:
     assert hpo.method_settings("cmaes", cnn, {}) is None
     assert hpo.method_settings("tpe_mv", cnn, {})["kwargs"] == {"multivariate": True, "group": True}
     assert hpo.method_settings("tpe_mv", dt, {})["kwargs"] == {"multivariate": True}
+    assert hpo.method_settings("tpe_indep", dt, {})["kwargs"] == {"multivariate": False}
+    assert hpo.same_sampler_as("tpe_mv", cnn) is None and hpo.same_sampler_as("tpe", dt) is None
     assert hpo.method_settings("gp", dt, {})["kwargs"] == {"deterministic_objective": True}
     sampler = hpo.make_sampler("gp", 3, dt)
     assert isinstance(sampler, optuna.samplers.GPSampler)
