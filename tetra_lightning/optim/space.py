@@ -42,6 +42,14 @@ class Dimension(ABC):
     def index(self, value: Any) -> int:
         """The grid index of ``value``."""
 
+    def unit_coords(self) -> np.ndarray | None:
+        """Positions of the grid points in ``[0, 1]`` (log-scaled for log dimensions); ``None`` if unordered."""
+        coords = getattr(self, "_coords", None)
+        if coords is None or len(coords) < 2:
+            return None
+        coords = np.asarray(coords, dtype=float)
+        return (coords - coords[0]) / (coords[-1] - coords[0])
+
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description."""
@@ -208,8 +216,9 @@ class Float(Dimension):
         low: left end (included).
         high: right end (included), ``> low``.
         log: place the grid uniformly in ``log`` space (needs ``low > 0``), e.g. for learning rates.
-        grid: number of grid points (an int >= 2, default 16; a power ``p**q`` can be quantized into ``q``
-            modes of size ``p``), or an explicit increasing sequence of values inside ``[low, high]``.
+        grid: number of grid points (an int >= 2, default ``MAX_LEVELS`` = 128, fine enough that the interval
+            behaves as continuous; a power ``p**q`` can be quantized into ``q`` modes of size ``p``), or an explicit
+            increasing sequence of values inside ``[low, high]``.
         step: the values are ``low, low + step, ...`` up to ``high`` (Optuna's ``suggest_float(..., step=...)``):
             all of them when there are at most ``MAX_LEVELS``, else ``MAX_LEVELS`` evenly spaced ones; any value of
             the interval snaps to the nearest. Not with ``log`` or an explicit ``grid``.
@@ -228,7 +237,7 @@ class Float(Dimension):
         ((0.0, 0.1, 0.2, 0.3, 0.4, 0.5), 3)
     """
 
-    def __init__(self, low: float, high: float, log: bool = False, grid: int | Sequence[float] = 16,
+    def __init__(self, low: float, high: float, log: bool = False, grid: int | Sequence[float] = MAX_LEVELS,
                  step: float | None = None) -> None:
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high)):
@@ -247,7 +256,7 @@ class Float(Dimension):
                 raise ValueError(f"Float `step` must be a positive number, got step={step!r}. Pass e.g. step=0.1.")
             if log:
                 raise ValueError("Float takes `step` or `log=True`, not both (as in Optuna). Drop one of them.")
-            if not (isinstance(grid, (int, np.integer)) and grid == 16):
+            if not (isinstance(grid, (int, np.integer)) and grid == MAX_LEVELS):
                 raise ValueError(f"Float takes `step` or `grid`, not both, got step={step}, grid={grid!r}. "
                                  "Drop one of them.")
             self.step = float(step)

@@ -459,8 +459,8 @@ def _dimension_hint(domain: Any) -> str:
         return f"Int({domain.lower}, {domain.upper - 1})"
     if isinstance(domain, _RayFloat):
         log_scale = ", log=True" if isinstance(domain.get_sampler(), _RayLogUniform) else ""
-        return f"Float({domain.lower}, {domain.upper}{log_scale}, grid=16)"
-    return "Float(low, high, grid=16)"
+        return f"Float({domain.lower}, {domain.upper}{log_scale})"
+    return "Float(low, high)"
 
 
 def _reject_ray_domains(space: Mapping[str, Any], argument: str) -> None:

@@ -90,7 +90,7 @@ class TetraOptSampler(BaseSampler):
         fallback_sampler: BaseSampler | None = None,
     ) -> None:
         if isinstance(float_grid, bool) or not isinstance(float_grid, int) or float_grid < 2:
-            raise ValueError(f"`float_grid` must be an int >= 2, got {float_grid!r}. Pass e.g. float_grid=16.")
+            raise ValueError(f"`float_grid` must be an int >= 2, got {float_grid!r}. Pass e.g. float_grid=128.")
         self._space = as_search_space(search_space) if search_space is not None else None
         self._distributions = to_optuna_distributions(self._space) if self._space is not None else None
         self._seed = 0 if seed is None else int(seed)

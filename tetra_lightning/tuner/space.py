@@ -19,9 +19,10 @@ from optuna.distributions import (
 )
 
 from tetra_lightning.optim import Categorical, Dimension, Float, Int, SearchSpace, as_space
+from tetra_lightning.optim.space import MAX_LEVELS
 
 # Points per float axis when a Float has no grid of its own and Optuna gives none either.
-DEFAULT_FLOAT_GRID = 16
+DEFAULT_FLOAT_GRID = MAX_LEVELS
 
 _OPTUNA_CHOICE_TYPES = (type(None), bool, int, float, str)
 
