@@ -31,7 +31,7 @@ from tetra_lightning.optim.surrogate import GridGP
 if TYPE_CHECKING:
     from tetra_lightning.optim.tetraopt import TetraOpt
 
-__all__ = ["DEFAULT_LOCAL_FRACTION", "DEFAULT_N_INIT", "SmoothStrategy", "is_smooth_space", "log_ei", "warp_scores"]
+__all__ = ["DEFAULT_LOCAL_FRACTION", "DEFAULT_N_INIT", "SmoothStrategy", "is_smooth_space", "log_ei", "warp_scores", "yeo_johnson"]
 
 DEFAULT_N_INIT = 6
 DEFAULT_LOCAL_FRACTION = 0.3
@@ -72,8 +72,6 @@ def warp_scores(y: np.ndarray, transform: str) -> np.ndarray:
     elif transform == "raw" or np.ptp(y) == 0:
         z = np.asarray(y, dtype=float)
     else:
-        from scipy.stats import yeojohnson
-
         loss = -np.asarray(y, dtype=float)
         q25, med = np.percentile(loss, [25, 50])
         scale = 2.0 * (med - q25) if med > q25 else max(float(loss.std()), 1e-12)
@@ -81,10 +79,53 @@ def warp_scores(y: np.ndarray, transform: str) -> np.ndarray:
         # interquartile ranges above the median (6.7 sigma of a normal sample) is clipped there, so one diverged
         # run cannot squeeze every good value onto one score
         loss = np.minimum((loss - med) / scale, 5.0)
-        with np.errstate(all="ignore"):
-            z, _ = yeojohnson(loss)
+        z = yeo_johnson(loss)
         z = -z if np.all(np.isfinite(z)) else normal_scores(y)
     return (z - z.mean()) / max(float(z.std()), 1e-12)
+
+
+_LAMBDAS = np.linspace(-4.0, 6.0, 101)
+
+
+def _yj(x: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The Yeo-Johnson transform of ``x`` (shape ``(n,)``) for every exponent in ``lam`` (shape ``(m,)``): ``(m, n)``."""
+    lam = lam[:, None]
+    pos, lp, ln = x >= 0, np.log1p(np.maximum(x, 0.0)), np.log1p(np.maximum(-x, 0.0))
+    with np.errstate(all="ignore"):
+        a = np.where(np.abs(lam) < 1e-8, lp, np.expm1(lam * lp) / np.where(np.abs(lam) < 1e-8, 1.0, lam))
+        b2 = 2.0 - lam
+        b = np.where(np.abs(b2) < 1e-8, -ln, -np.expm1(b2 * ln) / np.where(np.abs(b2) < 1e-8, 1.0, b2))
+    return np.where(pos, a, b)
+
+
+def yeo_johnson(x: np.ndarray) -> np.ndarray:
+    """The Yeo-Johnson transform with the maximum-likelihood exponent (as ``scipy.stats.yeojohnson``, to ~0.01 in
+    the exponent, which is searched in [-4, 6]), vectorized: a hundred times cheaper than SciPy's bounded search,
+    which dominated the time per trial.
+
+    Example:
+        >>> z = yeo_johnson(np.array([0.0, 1.0, 2.0, 30.0]))
+        >>> bool(np.all(np.diff(z) > 0)) and float(z[-1]) < 30.0
+        True
+    """
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    if n < 2 or np.ptp(x) == 0:
+        return x.copy()
+    log_jac = float(np.sum(np.sign(x) * np.log1p(np.abs(x))))
+
+    def llf(lam: np.ndarray) -> np.ndarray:
+        t = _yj(x, lam)
+        with np.errstate(all="ignore"):
+            var = t.var(axis=1)
+            out = -0.5 * n * np.log(var) + (lam - 1.0) * log_jac
+        return np.where(np.isfinite(out) & (var > 0), out, -np.inf)
+
+    values = llf(_LAMBDAS)
+    k = int(np.argmax(values))
+    fine = np.linspace(_LAMBDAS[max(k - 1, 0)], _LAMBDAS[min(k + 1, _LAMBDAS.size - 1)], 41)
+    lam = fine[int(np.argmax(llf(fine)))]
+    return _yj(x, np.array([lam]))[0]
 
 
 class SmoothStrategy(Strategy):
@@ -121,7 +162,7 @@ class SmoothStrategy(Strategy):
         self._new_epoch()
 
     def _new_epoch(self) -> None:
-        self._design = self._lhs_design(self.opt.n_init)
+        self._design: list[np.ndarray] | None = None  # drawn when first needed (the Optuna sampler replays mostly past it)
         self._epoch_best = -math.inf
         self._epoch_evals = 0
         self._stale = 0
@@ -167,7 +208,8 @@ class SmoothStrategy(Strategy):
         self._told = len(opt.history)
 
     def _lhs_design(self, n: int) -> list[np.ndarray]:
-        rng = self.opt._rng
+        # a generator of its own (seed, epoch): the same design whether it is drawn at once or after a replay
+        rng = np.random.default_rng([self.opt.seed, self._epoch_start])
         best, best_gap = None, -1.0
         for _ in range(10):  # maximin over a few Latin hypercubes
             cols = []
@@ -201,7 +243,9 @@ class SmoothStrategy(Strategy):
         opt = self.opt
         out: list[np.ndarray] = []
         taken: set[tuple[int, ...]] = set()
-        while self._design and len(out) < n:
+        if self._design is None and self._epoch_evals < opt.n_init:
+            self._design = self._lhs_design(opt.n_init)
+        while self._design and self._epoch_evals < opt.n_init and len(out) < n:
             row = self._design.pop(0)
             t = tuple(int(v) for v in row)
             if opt._is_free(t) and t not in taken:
