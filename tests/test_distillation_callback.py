@@ -255,11 +255,28 @@ def test_ddp_spawn_ranks_distill_and_end_identical(tmp_path: Path) -> None:
         ({"teacher": "resnet"}, TypeError, "`teacher` must be None"),
         ({"module": 3}, TypeError, "`module` must be a submodule name"),
         ({"logits_fn": "logits"}, TypeError, "`logits_fn` must be callable"),
+        ({"stop_epoch": 0}, ValueError, "`stop_epoch` must be None or an int >= 1"),
+        ({"start_epoch": 3, "stop_epoch": 3}, ValueError, "`stop_epoch` must come after `start_epoch` \\(3\\)"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         DistillationCallback(**kwargs)
+
+
+def test_stop_epoch_ends_the_distillation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    compression = TensorCompressionCallback(method="svd", target_ratio=3.0, start_epoch=1, verbose=False)
+    distillation = DistillationCallback(stop_epoch=2, verbose=False)
+    quiet_trainer(tmp_path, [compression, distillation], max_epochs=4, limit_train_batches=2).fit(BoringConvModule())
+    assert distillation.start_epoch == 1 and distillation.steps_distilled == 2  # epoch 1 only
+
+    early = DistillationCallback(stop_epoch=1)
+    trainer = quiet_trainer(
+        tmp_path, [TensorCompressionCallback(method="svd", target_ratio=3.0, start_epoch=2), early], max_epochs=3
+    )
+    with pytest.raises(MisconfigurationException, match="stop_epoch=1\\) comes before the first distilled epoch 2"):
+        trainer.fit(BoringConvModule())
 
 
 def test_without_a_structural_callback_start_epoch_is_needed(tmp_path: Path) -> None:

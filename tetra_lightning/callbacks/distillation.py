@@ -116,6 +116,9 @@ class DistillationCallback(Callback):
         temperature: softening temperature ``T``, > 0.
         start_epoch: first epoch that is distilled (``None``: the first stage epoch of the structural callbacks,
             or 0 with a given ``teacher``).
+        stop_epoch: first epoch that is no longer distilled (``None``: distill until the end). The teacher
+            helps most right after the rewrite; once the student is as good as the snapshot, the term only pulls
+            it back towards the teacher (and costs a forward pass per step).
         teacher: a teacher module to use instead of the snapshot; it is called like the distilled module.
         module: name of the submodule whose calls are distilled (relative to the LightningModule; ``""``: the
             LightningModule's own ``forward``, i.e. ``self(x)`` in ``training_step``).
@@ -124,7 +127,8 @@ class DistillationCallback(Callback):
         verbose: print a line on rank zero when the teacher is taken.
 
     Raises:
-        ValueError: for ``alpha < 0``, ``temperature <= 0`` or ``start_epoch < 0``.
+        ValueError: for ``alpha < 0``, ``temperature <= 0``, ``start_epoch < 0`` or a ``stop_epoch`` not after
+            ``start_epoch``.
         TypeError: for a ``teacher`` that is not an ``nn.Module`` or a ``logits_fn`` that is not callable.
 
     Example:
@@ -162,6 +166,7 @@ class DistillationCallback(Callback):
         start_epoch: int | None = None,
         teacher: nn.Module | None = None,
         *,
+        stop_epoch: int | None = None,
         module: str = "",
         logits_fn: LogitsFn | None = None,
         verbose: bool = True,
@@ -169,6 +174,12 @@ class DistillationCallback(Callback):
         check_number("alpha", alpha, 0.0, float("inf"), low_open=False, hint="Pass e.g. alpha=1.0.")
         check_number("temperature", temperature, 0.0, float("inf"), hint="Pass e.g. temperature=4.0.")
         check_int("start_epoch", start_epoch, 0, "Pass e.g. the compression callback's start_epoch.", optional=True)
+        check_int("stop_epoch", stop_epoch, 1, "Pass None to distill until the end of training.", optional=True)
+        if stop_epoch is not None and start_epoch is not None and stop_epoch <= start_epoch:
+            raise ValueError(
+                f"`stop_epoch` must come after `start_epoch` ({start_epoch}), got {stop_epoch}. Pass e.g. "
+                f"stop_epoch={start_epoch + 2} to distill for two epochs."
+            )
         if teacher is not None and not isinstance(teacher, nn.Module):
             raise TypeError(
                 f"`teacher` must be None (the model before the first rewrite) or an nn.Module, got "
@@ -182,6 +193,7 @@ class DistillationCallback(Callback):
         self.temperature = float(temperature)
         self.requested_start_epoch = start_epoch
         self.start_epoch: int | None = start_epoch
+        self.stop_epoch = stop_epoch
         self.module = module
         self.logits_fn: LogitsFn = logits_fn or _default_logits
         self.verbose = verbose
@@ -209,6 +221,11 @@ class DistillationCallback(Callback):
                 "`tetra_lightning.callbacks.distillation.distillation_loss` under manual optimization."
             )
         self._resolve_start_epoch(trainer)
+        if self.stop_epoch is not None and self.start_epoch is not None and self.stop_epoch <= self.start_epoch:
+            raise MisconfigurationException(
+                f"DistillationCallback(stop_epoch={self.stop_epoch}) comes before the first distilled epoch "
+                f"{self.start_epoch} (the first structural stage). Pass a later `stop_epoch` or None."
+            )
         self._target(pl_module)  # fails early, listing the submodules, when `module` does not exist
         if self.given_teacher is None and self.teacher is None:
             # The structure the teacher is rebuilt from on resume: the model before the checkpoint's history loads.
@@ -348,6 +365,7 @@ class DistillationCallback(Callback):
             and self.teacher is not None
             and self.start_epoch is not None
             and trainer.current_epoch >= self.start_epoch
+            and (self.stop_epoch is None or trainer.current_epoch < self.stop_epoch)
         )
 
     def _install(self, pl_module: pl.LightningModule) -> None:
