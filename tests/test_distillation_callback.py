@@ -180,6 +180,18 @@ def test_resume_after_the_rewrite_rebuilds_the_same_teacher(tmp_path: Path) -> N
     assert fresh_distillation.steps_distilled == 2  # the resumed epoch is distilled
 
 
+def test_a_second_fit_takes_its_own_teacher(tmp_path: Path) -> None:
+    distillation = DistillationCallback(verbose=False)
+    teachers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        compression = TensorCompressionCallback(method="svd", target_ratio=3.0, start_epoch=1, verbose=False)
+        trainer = quiet_trainer(tmp_path, [compression, distillation], max_epochs=2, limit_train_batches=2)
+        trainer.fit(BoringConvModule())
+        teachers.append({k: v.clone() for k, v in distillation.teacher.state_dict().items()})
+    assert not torch.equal(teachers[0]["net.conv1.weight"], teachers[1]["net.conv1.weight"])
+
+
 def _dense_checkpoint(tmp_path: Path, epochs: int, callbacks: list[Callback] | None = None) -> Path:
     torch.manual_seed(0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "dense", save_last=True)

@@ -227,7 +227,9 @@ class DistillationCallback(Callback):
                 f"{self.start_epoch} (the first structural stage). Pass a later `stop_epoch` or None."
             )
         self._target(pl_module)  # fails early, listing the submodules, when `module` does not exist
-        if self.given_teacher is None and self.teacher is None:
+        if self.given_teacher is None:
+            # A new fit takes its own snapshot (or restores one from its checkpoint's state, after this hook).
+            self.teacher, self.teacher_epoch, self._teacher_history = None, None, []
             # The structure the teacher is rebuilt from on resume: the model before the checkpoint's history loads.
             self._template = _frozen_copy(pl_module).cpu()
         self._install(pl_module)
