@@ -188,6 +188,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tune.add_argument("--kd-temperature", type=float, default=4.0)
     tune.add_argument("--kd-epochs", type=int, default=0,
                       help="distill only for this many epochs after the rewrite (0: until the end)")
+    tune.add_argument("--kd-teacher", choices=("rewrite", "final"), default="rewrite",
+                      help="rewrite: the network as it was at the rewrite (DistillationCallback's default); final: "
+                           "the dense run's fully trained network (needs --reuse-dense and the dense run first)")
     tune.add_argument("--rewarm-epochs", type=float, default=0.0,
                       help="LR warm-up after every rewrite, in epochs (0: off)")
     tune.add_argument("--rewarm-start", type=float, default=0.1, help="LR fraction at the first step of a re-warm")
@@ -531,6 +534,11 @@ def dense_snapshot_path(args: argparse.Namespace, arrays: CIFAR10Arrays, cuda: b
     return folder / f"dense_e{args.start_epoch}_{digest}.ckpt"
 
 
+def final_dense_path(snapshot: Path) -> Path:
+    """Where the dense run keeps its final network weights (beside its snapshot at the rewrite)."""
+    return snapshot.with_suffix(".final.pt")
+
+
 class DenseSnapshot(Callback):
     """``--reuse-dense``: saves the dense run at the end of epoch ``start_epoch - 1`` (a Lightning checkpoint the
     other runs resume from) and the squared gradients of that epoch's steps (what ``allocation="fisher"`` of the
@@ -561,6 +569,10 @@ class DenseSnapshot(Callback):
         torch.save({"grad_sq": {k: float(v) for k, v in self.grad_sq.items()}, "batches": self.batches},
                    self.path.with_suffix(".grad.pt"))
         print(f"[dense] saved the state at epoch {self.start_epoch} to {self.path}", flush=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the fully trained dense network, for --kd-teacher final
+        torch.save({k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()}, final_dense_path(self.path))
 
 
 class TltorchFactorize(Callback):
@@ -759,7 +771,7 @@ def finetune_options(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
     if spec.kind in ("dense", "small_dense") or (spec.kind != "tetra" and not args.finetune_baselines):
         return {"kd_alpha": 0.0, "rewarm_epochs": 0.0}
     return {"kd_alpha": args.kd_alpha, "kd_temperature": args.kd_temperature, "kd_epochs": args.kd_epochs,
-            "rewarm_epochs": args.rewarm_epochs, "rewarm_start": args.rewarm_start}
+            "kd_teacher": args.kd_teacher, "rewarm_epochs": args.rewarm_epochs, "rewarm_start": args.rewarm_start}
 
 
 def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dense_ref: dict[str, Any]) -> dict[str, Any]:
@@ -817,8 +829,19 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
     distillation = None
     if finetune["kd_alpha"] > 0:
         stop = args.start_epoch + finetune["kd_epochs"] if finetune["kd_epochs"] else None
+        teacher = None
+        if finetune["kd_teacher"] == "final":
+            final = final_dense_path(snapshot) if snapshot is not None else None
+            if final is None or not final.is_file():
+                raise FileNotFoundError(f"--kd-teacher final needs the dense run's final weights ({final}): run "
+                                        "dense first, with --reuse-dense")
+            teacher = cifar_resnet18(num_classes=10, width=args.width)
+            teacher.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+            if args.channels_last:
+                teacher = teacher.to(memory_format=torch.channels_last)
         distillation = DistillationCallback(alpha=finetune["kd_alpha"], temperature=finetune["kd_temperature"],
-                                            start_epoch=args.start_epoch, stop_epoch=stop, verbose=False)
+                                            start_epoch=args.start_epoch, stop_epoch=stop, teacher=teacher,
+                                            verbose=False)
     callbacks = [recorder.start, *structural]
     if args.channels_last:
         callbacks.append(ChannelsLast())
@@ -869,7 +892,8 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
     result["rewrite_s"] = next((r["surgery_s"] for r in rows if r["epoch"] == rewrite), None)
     result["resumed_from_dense"] = str(resume) if resume is not None else None
     if distillation is not None and distillation.teacher is not None:
-        teacher_acc, _ = evaluate(distillation.teacher.net, datamodule, device, args.limit_test_images)
+        teacher_net = getattr(distillation.teacher, "net", distillation.teacher)  # a snapshot is the Classifier
+        teacher_acc, _ = evaluate(teacher_net, datamodule, device, args.limit_test_images)
         result["teacher_test_acc"] = round(100 * teacher_acc, 3)
         result["distilled_steps"] = distillation.steps_distilled
     if rewarm is not None:
