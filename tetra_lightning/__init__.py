@@ -85,6 +85,8 @@ _EXPORTS: dict[str, str] = {
     "PruningCallback": "tetra_lightning.callbacks",
     "QuantizationCallback": "tetra_lightning.callbacks",
     "LowRankCallback": "tetra_lightning.callbacks",
+    "DistillationCallback": "tetra_lightning.callbacks",
+    "LRRewarmCallback": "tetra_lightning.callbacks",
     # pruning and quantization cores
     "prune_": "tetra_lightning.prune",
     "PruneConfig": "tetra_lightning.prune",
@@ -126,7 +128,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
     from tetra_lightning.callbacks import (
+        DistillationCallback,
         LowRankCallback,
+        LRRewarmCallback,
         PruningCallback,
         QuantizationCallback,
         TensorCompressionCallback,

@@ -49,7 +49,7 @@ from torch import nn
 from tetra_lightning.decompose.base import FactorizedLayer
 from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TuckerConfig
 from tetra_lightning.decompose.core import _ties_leaving, decompose_layer
-from tetra_lightning.decompose.methods import MethodSpec, factorization
+from tetra_lightning.decompose.methods import MethodSpec, factorization, layer_shape
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
 from tetra_lightning.report import tied_parameters
 
@@ -162,7 +162,8 @@ def compressible_layers(
         model: the model (fully qualified names are relative to it).
         filter_fn: ``filter_fn(module, fqn) -> bool``; layers it rejects are neither candidates nor skipped.
         min_layer_params: layers with fewer parameters are skipped (recorded with a reason), like layers that
-            share a parameter with another module (tied weights).
+            share a parameter with another module (tied weights); a factorized layer counts the parameters of its
+            dense equivalent.
 
     Returns:
         ``(candidates, skipped)``: name -> module for layers to consider, name -> reason for the others.
@@ -194,7 +195,9 @@ def compressible_layers(
         if held:
             skipped[name] = f"shares {held} with {others} (tied weights): factorizing it would untie them"
             continue
-        params = sum(p.numel() for p in module.parameters())
+        # A factorized layer is judged by the dense layer it stands for: its factors are small after a first
+        # stage, and a later stage (iterative compression) must still be able to decompose it further.
+        params = layer_shape(module).dense_params if is_factorized else sum(p.numel() for p in module.parameters())
         if isinstance(module, nn.Conv2d) and module.in_channels <= 4:
             skipped[name] = f"input layer with {module.in_channels} channels: too few to factorize"
         elif params < min_layer_params:
