@@ -217,7 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="channels_last memory format (--cpu-full turns it off: NCHW is the safe choice there)")
     train.add_argument("--compile", action="store_true", help="torch.compile the network")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
+    train.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=None,
+                       help="train on the CPU even when CUDA is available (--cpu-full and --quick set it; --no-cpu "
+                            "runs their protocol on the GPU)")
     train.add_argument("--reuse-dense", action=argparse.BooleanOptionalAction, default=None,
                        help="the dense run saves its state at --start-epoch (and the squared gradients of the epoch "
                             "before, for the fisher allocations); the other runs resume from it instead of "
@@ -270,6 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 preset_keys.add(key)
     if args.reuse_dense is None:
         args.reuse_dense = False
+    if args.cpu is None:
+        args.cpu = False
     if args.start_epoch is None:
         args.start_epoch = max(1, args.epochs // 3)
     if not 0 < args.start_epoch < args.epochs:
