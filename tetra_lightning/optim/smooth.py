@@ -7,7 +7,8 @@ dozen points. Here the surrogate is :class:`~tetra_lightning.optim.surrogate.Gri
 kernel is main effects plus a full interaction (its posterior mean is a tensor train on the grid: a rank-2 TT
 plus a CP tensor of rank ``n``), fitted by empirical Bayes on Yeo-Johnson-warped values. A proposal maximizes the
 log expected improvement by coordinate ascent along the TT's modes (each mode's levels evaluated in one batch,
-the other coordinates fixed) from the best points and random starts, plus random perturbations of the incumbent
+the other coordinates fixed: the rank-1 case of TTOpt's maxvol cross sweep over the acquisition tensor) from
+the best points and random starts, plus random perturbations of the incumbent
 (as TuRBO); a share ``local_fraction`` of the proposals is searched inside a trust region around the incumbent
 whose width doubles after ``succ_tol`` improvements in a row and halves after ``fail_tol`` evaluations without one
 (it opens again once it falls below ``tr_min``). The trust region moves on the told history alone, so the Optuna
