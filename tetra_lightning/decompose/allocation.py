@@ -9,7 +9,9 @@ squared reconstruction error, computed cheaply from singular values of the weigh
   grid is reduced to one path that always lowers the rank whose tail grows least per parameter saved.
 * CP: the Tucker-2 bound at ``(R, R)`` (a rank-``R`` CP kernel has mode ranks at most ``R``). This is optimistic
   (CP-ALS rarely reaches it), so ``method="auto"`` never trusts it: it fits CP and compares measured errors.
-* TT (and anything else): sampled, by decomposing at a few ranks.
+* TT: uniform bond ranks with the TT-SVD bound, the sum of the tail energies of the tensor's unfoldings at each
+  bond (Oseledets 2011).
+* Any other registered method: sampled, by decomposing at a few ranks.
 
 Errors are divided by ``||W||_F^2`` (relative squared error) and multiplied by an optional per-layer weight. The
 allocator then walks the lower convex hulls of all curves greedily, always taking the move with the smallest
@@ -47,7 +49,7 @@ import torch
 from torch import nn
 
 from tetra_lightning.decompose.base import FactorizedLayer
-from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TuckerConfig
+from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TTConfig, TuckerConfig
 from tetra_lightning.decompose.core import decompose_layer
 from tetra_lightning.decompose.methods import DENSE_LAYERS, MethodSpec, factorization, layer_shape
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
@@ -235,9 +237,11 @@ def _tail(tails: list[float], rank: int) -> float:
 
 def _group_tails(matrices: Sequence[torch.Tensor]) -> list[float]:
     """Tail energies summed over the groups (each group truncated at the same rank)."""
-    per_group = [_tails(_squared_singular_values(matrix)) for matrix in matrices]
-    longest = max(len(tails) for tails in per_group)
-    return [sum(_tail(tails, rank) for tails in per_group) for rank in range(longest)]
+    stacked = torch.stack(list(matrices))  # groups have equal shapes: one batched eigen-decomposition
+    if stacked.shape[1] > stacked.shape[2]:
+        stacked = stacked.transpose(1, 2)
+    squared = torch.linalg.eigvalsh(stacked @ stacked.transpose(1, 2)).flip(-1).clamp_min(0.0).sum(0)
+    return _tails(squared)
 
 
 def _count(layer: nn.Module, method: MethodSpec, ranks: tuple[int, ...]) -> int:
@@ -316,6 +320,35 @@ def _cp_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int
     return options
 
 
+def _tt_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
+    """Uniform TT ranks with the TT-SVD error bound ``sum_k tail_k(r_k)`` (Oseledets 2011, Theorem 2.2).
+
+    ``tail_k`` is the squared truncation error of the ``k``-th unfolding of the full tensor at rank ``r_k``; the
+    TT-SVD error is at most their sum, so the curve needs one eigen-decomposition per bond and no decomposition.
+    """
+    shape = layer_shape(layer)
+    handler = factorization(TTConfig)
+    handler.check_applies(shape)
+    tensor = handler.tensor(weight, shape, None)  # type: ignore[attr-defined]
+    dims = list(tensor.shape)
+    tails = [
+        _tails(_squared_singular_values(tensor.reshape(math.prod(dims[: bond + 1]), -1)))
+        for bond in range(len(dims) - 1)
+    ]
+    bounds = handler.rank_bounds(shape, None)
+    options: list[RankOption] = []
+    for uniform in range(1, max(bounds) + 1):
+        ranks = tuple(min(uniform, bound) for bound in bounds)
+        if options and ranks == options[-1].ranks:
+            break
+        params = _count(layer, TTConfig, ranks)
+        if params >= limit:
+            break
+        error = sum(_tail(bond_tails, rank) for bond_tails, rank in zip(tails, ranks, strict=True)) / norm_sq
+        options.append(RankOption(TTConfig.method, ranks, params, min(error, 1.0)))
+    return options
+
+
 def _sampled_curve(layer: nn.Module, method: MethodSpec, limit: int, samples: int = 12) -> list[RankOption]:
     config_class = factorization(method).config_class
     options: dict[tuple[int, ...], RankOption] = {}
@@ -341,6 +374,7 @@ _ANALYTIC_CURVES: dict[type[DecompositionConfig], CurveFn] = {
     SVDConfig: _svd_curve,
     TuckerConfig: _tucker_curve,
     CPConfig: _cp_curve,
+    TTConfig: _tt_curve,
 }
 
 

@@ -96,6 +96,8 @@ class CPConv2d(_BiasOnAccess, FactorizedLayer, _ConvShape):
         check_ranks("CPConv2d", (rank,), (max(1, math.prod(dims) // max(dims)),))
         module = cls(rank=rank, **conv_geometry(layer))
         module.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        if groups > 1 and dims[0] == dims[1] == 1:
+            return module._fill_depthwise(layer)
         factors: list[list[Tensor]] = [[], [], [], []]
         results = []
         for block in group_blocks(layer.weight, groups):
@@ -118,6 +120,23 @@ class CPConv2d(_BiasOnAccess, FactorizedLayer, _ConvShape):
         else:
             module.rel_error = relative_error(module.dense_weight(), layer.weight)
         return module
+
+    def _fill_depthwise(self, layer: nn.Conv2d) -> CPConv2d:
+        """A depthwise kernel ``(1, 1, kh, kw)`` per channel: its CP is the truncated SVD of the ``kh x kw`` matrix,
+        computed for all channels in one batched SVD (a per-channel ALS costs minutes on wide models)."""
+        rank = self.ranks[0]
+        kernels = layer.weight.detach().float()[:, 0]  # (C, kh, kw)
+        left, values, right = torch.linalg.svd(kernels, full_matrices=False)
+        scale = values[:, :rank].sqrt()
+        with torch.no_grad():
+            self.first.weight.fill_(1.0)
+            self.last.weight.fill_(1.0)
+            self.vertical.weight.copy_((left[:, :, :rank] * scale[:, None, :]).transpose(1, 2).reshape(-1, 1, left.shape[1], 1))
+            self.horizontal.weight.copy_((right[:, :rank, :] * scale[:, :, None]).reshape(-1, 1, 1, right.shape[2]))
+            if layer.bias is not None:
+                self.last.bias.copy_(layer.bias)
+        self.rel_error = relative_error(self.dense_weight(), layer.weight)
+        return self
 
     @property
     def ranks(self) -> tuple[int, ...]:

@@ -410,9 +410,8 @@ class _TT(Factorization):
                 break
         return best
 
-    def energy_ranks(
-        self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
-    ) -> tuple[int, ...]:
+    def tensor(self, weight: Tensor, shape: LayerShape, config: DecompositionConfig | None) -> Tensor:
+        """The dense weight as the TT tensor of mode sizes ``(i_1 o_1, ..., i_d o_d)`` (convs: ``kh kw`` first)."""
         in_modes, out_modes = tt_modes(shape, config)
         d = len(in_modes)
         if shape.kind == "linear":
@@ -422,7 +421,12 @@ class _TT(Factorization):
             tensor = weight.reshape(*out_modes, *in_modes, spatial).permute(
                 [2 * d] + [a for k in range(d) for a in (d + k, k)]
             )
-        cores = tt_svd(tensor.reshape(self._dims(shape, config)), energy=energy)
+        return tensor.reshape(self._dims(shape, config))
+
+    def energy_ranks(
+        self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
+    ) -> tuple[int, ...]:
+        cores = tt_svd(self.tensor(weight, shape, config), energy=energy)
         return tuple(int(core.shape[-1]) for core in cores[:-1])
 
     def build(

@@ -222,8 +222,9 @@ class BoundedDependencyGraph(tp.DependencyGraph):
                         "layer.weight)), so torch-pruning cannot see that layer"
                     )
                     self.opaque[node] = reason
-                    for following in node.outputs:
-                        self.opaque.setdefault(following, reason)
+                    if not node.inputs:  # a transform of the weight alone (``weight.t()``): the op using it too
+                        for following in node.outputs:
+                            self.opaque.setdefault(following, reason)
 
     def _trace(self, model: nn.Module, example_inputs: Any, forward_fn: Any, output_transform: Any) -> Any:
         """torch-pruning's trace, also recording where each recurrent module's inputs end and outputs start."""

@@ -87,10 +87,15 @@ def output_layers(model: nn.Module, example_inputs: Any) -> list[str]:
         for handle in handles:
             handle.remove()
     outputs = [output] if isinstance(output, torch.Tensor) else list(_tensors(output))
-    names = [produced[id(t)] for t in outputs if id(t) in produced]
-    if names:
-        return names
-    found = _producers_through_autograd(model, outputs)
+    modules = dict(model.named_modules())
+    found: list[str] = []
+    for tensor in outputs:
+        name = produced.get(id(tensor))
+        if name is not None and any(p.dim() >= 2 for p in modules[name].parameters(recurse=False)):
+            names = [name]
+        else:  # returned by a flatten, a pooling or a norm layer, or by no module: walk back to the layers
+            names = _producers_through_autograd(model, [tensor])
+        found.extend(n for n in names if n not in found)
     if found:
         return found
     last = outputs[0].shape[-1] if outputs and outputs[0].dim() > 0 else None
