@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tetra_lightning.decompose._linalg import cp_als, cp_to_kernel
+from tetra_lightning.decompose._linalg import cp_als, cp_to_kernel, truncated_svd
 from tetra_lightning.decompose.base import (
     FactorizedLayer,
     _BiasOnAccess,
@@ -98,6 +98,8 @@ class CPConv2d(_BiasOnAccess, FactorizedLayer, _ConvShape):
         module.to(device=layer.weight.device, dtype=layer.weight.dtype)
         if groups > 1 and dims[0] == dims[1] == 1:
             return module._fill_depthwise(layer)
+        if tuple(layer.kernel_size) == (1, 1):
+            return module._fill_pointwise(layer)
         factors: list[list[Tensor]] = [[], [], [], []]
         results = []
         for block in group_blocks(layer.weight, groups):
@@ -133,6 +135,24 @@ class CPConv2d(_BiasOnAccess, FactorizedLayer, _ConvShape):
             self.last.weight.fill_(1.0)
             self.vertical.weight.copy_((left[:, :, :rank] * scale[:, None, :]).transpose(1, 2).reshape(-1, 1, left.shape[1], 1))
             self.horizontal.weight.copy_((right[:, :rank, :] * scale[:, :, None]).reshape(-1, 1, 1, right.shape[2]))
+            if layer.bias is not None:
+                self.last.bias.copy_(layer.bias)
+        self.rel_error = relative_error(self.dense_weight(), layer.weight)
+        return self
+
+    def _fill_pointwise(self, layer: nn.Conv2d) -> CPConv2d:
+        """A ``1 x 1`` kernel is a matrix per group, whose rank-``R`` CP is its truncated SVD (exact optimum)."""
+        rank = self.ranks[0]
+        lefts, rights = [], []
+        for block in group_blocks(layer.weight.detach().float(), self.groups):
+            left, right, _ = truncated_svd(block.flatten(1), rank)
+            lefts.append(left)
+            rights.append(right)
+        with torch.no_grad():
+            self.last.weight.copy_(torch.cat(lefts)[:, :, None, None])
+            self.first.weight.copy_(torch.cat(rights)[:, :, None, None])
+            self.vertical.weight.fill_(1.0)
+            self.horizontal.weight.fill_(1.0)
             if layer.bias is not None:
                 self.last.bias.copy_(layer.bias)
         self.rel_error = relative_error(self.dense_weight(), layer.weight)
