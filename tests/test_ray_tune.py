@@ -13,6 +13,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Tune is an optional extra: pip install 'tetra-lightning[ray]'")
 
 import optuna  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
@@ -177,7 +178,7 @@ def test_space_metric_and_mode_can_come_from_the_tuner() -> None:
 
 def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(TypeError, match=r"`space\['lr'\]` is a Ray Tune sampling domain.*"
-                                        r"'lr': Float\(0.0001, 0.1, log=True, grid=16\)"):
+                                        r"'lr': Float\(0.0001, 0.1, log=True\)"):
         TetraOptSearch({"lr": tune.loguniform(1e-4, 1e-1), "x": Int(0, 3)}, metric="s", mode="max")
     with pytest.raises(TypeError, match=r"'act': Categorical\(\['relu', 'gelu'\]\)"):
         TetraOptSearch({"act": tune.choice(["relu", "gelu"])})
@@ -203,6 +204,14 @@ def test_bad_arguments_raise_clear_errors() -> None:
         TetraOptSearch(metric="s", mode="max").suggest("t")
     with pytest.raises(RuntimeError, match="has no mode"):
         TetraOptSearch(GRID, metric="s").suggest("t")
+
+
+def test_ray_placeholder_tokens_are_still_rays() -> None:
+    from ray.tune.impl.placeholder import _FunctionResolver, _RefResolver
+
+    from tetra_lightning.tuner.ray import RAY_PLACEHOLDER_TOKENS
+
+    assert RAY_PLACEHOLDER_TOKENS == (_RefResolver.TOKEN, _FunctionResolver.TOKEN)
 
 
 def test_executor_argument_is_validated() -> None:
@@ -260,6 +269,10 @@ def test_ray_tune_tuner_runs_a_tetraopt_study_end_to_end(local_ray, tmp_path) ->
     assert len(resumed) == 12 and not resumed.errors
 
 
+def _mlp(cfg: dict) -> TinyMLP:
+    return TinyMLP(**cfg)
+
+
 def _mlp_or_crash(cfg: dict) -> TinyMLP:
     return TinyMLP(**cfg, fail=cfg["width"] == 4)
 
@@ -303,6 +316,15 @@ def test_tetraopt_tuner_on_ray_records_trials_fails_configs_resumes_and_reraises
         make(6).fit(lambda cfg: object(), DigitsData(), trainer_kwargs=FAST_TRAINER)
     last = optuna.load_study(study_name="ray", storage=storage).trials[-1]
     assert last.state == TrialState.FAIL and last.user_attrs["fail_reason"].startswith("TypeError: `model_fn")
+
+
+def test_tetraopt_tuner_on_ray_stops_at_once_when_the_monitor_is_never_logged(local_ray, tmp_path) -> None:
+    tuner = TetraOptTuner(MLP_SPACE, monitor="val_accuracy", mode="max", budget=4, n_jobs=1, executor="ray",
+                          storage=f"sqlite:///{tmp_path / 'tune.db'}", study_name="ray", progress_bar=False)
+    with pytest.raises(MisconfigurationException, match=r"monitor 'val_accuracy' is not in .*'val_acc'"):
+        tuner.fit(_mlp, DigitsData(), trainer_kwargs=FAST_TRAINER)
+    trials = optuna.load_study(study_name="ray", storage=f"sqlite:///{tmp_path / 'tune.db'}").trials
+    assert [t.state for t in trials] == [TrialState.FAIL]
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
+from torch import nn
 
 from tests.helpers.tuner_models import FAST_TRAINER, DigitsData, TinyMLP
 from tetra_lightning.optim import Categorical, Float, Int
@@ -107,15 +109,36 @@ def test_catch_empty_fails_fast_and_records_the_trial(tmp_path):
     assert "RuntimeError" in study.trials[0].user_attrs["traceback"]
 
 
+class LogsValAccForDepthOne(TinyMLP):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        if len(self.net) == 3:  # depth 1
+            self.log("val_acc", (logits.argmax(-1) == y).float().mean())
+
+
 def test_unknown_monitor_fails_the_trial_listing_the_keys_and_failures_are_capped(tmp_path):
     tuner = _tuner(tmp_path, monitor="val_accuracy", budget=5, max_failures=2)
-    result = tuner.fit(lambda cfg: TinyMLP(**cfg), DigitsData(), trainer_kwargs=FAST_TRAINER)
-    assert list(result.trials["state"]) == ["FAIL", "FAIL"]  # an always-failing objective stops
+    # no trial of the study has finished: the monitor is wrong, not the config, so the first trial stops the tuner
+    with pytest.raises(MisconfigurationException, match="monitor 'val_accuracy' is not in"):
+        tuner.fit(lambda cfg: TinyMLP(**cfg), DigitsData(), trainer_kwargs=FAST_TRAINER)
+    result = TuneResult.from_study(tuner.load_study(), "val_accuracy", "max")
+    assert list(result.trials["state"]) == ["FAIL"]
     reason = result.trials.iloc[0]["user_attrs_fail_reason"]
     assert "monitor 'val_accuracy' is not in trainer.callback_metrics" in reason
     assert "['train_loss', 'val_acc', 'val_loss']" in reason
-    with pytest.raises(ValueError, match=r"No trial of study 'test' completed \(2 failed\)"):
+    # an always-failing objective stops after max_failures
+    crashing = _tuner(tmp_path, study_name="crash", budget=5, max_failures=2)
+    result = crashing.fit(lambda cfg: TinyMLP(**cfg, fail=True), DigitsData(), trainer_kwargs=FAST_TRAINER)
+    assert list(result.trials["state"]) == ["FAIL", "FAIL"]
+    with pytest.raises(ValueError, match=r"No trial of study 'crash' completed \(2 failed\)"):
         _ = result.best_params
+    # once a trial has finished, a config that does not log the monitor is one failed config: the study goes on
+    partial = _tuner(tmp_path, study_name="partial", max_failures=1, search_space={"depth": Int(1, 2)})
+    partial.load_study().enqueue_trial({"depth": 1})
+    result = partial.fit(lambda cfg: LogsValAccForDepthOne(**cfg), DigitsData(), trainer_kwargs=FAST_TRAINER)
+    assert list(result.trials["state"]) == ["COMPLETE", "FAIL"] and result.best_params == {"depth": 1}
 
 
 def test_objective_best_takes_the_best_epoch_and_last_the_last():

@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "count_bytes": "tetra_lightning.report",
     "count_macs": "tetra_lightning.report",
     "measure_latency": "tetra_lightning.report",
+    "tied_parameters": "tetra_lightning.report",
     # data
     "CIFAR10DataModule": "tetra_lightning.data",
     "DigitsDataModule": "tetra_lightning.data",
@@ -84,6 +85,8 @@ _EXPORTS: dict[str, str] = {
     "PruningCallback": "tetra_lightning.callbacks",
     "QuantizationCallback": "tetra_lightning.callbacks",
     "LowRankCallback": "tetra_lightning.callbacks",
+    "DistillationCallback": "tetra_lightning.callbacks",
+    "LRRewarmCallback": "tetra_lightning.callbacks",
     # pruning and quantization cores
     "prune_": "tetra_lightning.prune",
     "PruneConfig": "tetra_lightning.prune",
@@ -104,6 +107,7 @@ _EXPORTS: dict[str, str] = {
     "shrink_": "tetra_lightning.lowrank",
     "CompressibleMixin": "tetra_lightning.checkpoint",
     "restore_from_checkpoint": "tetra_lightning.checkpoint",
+    "check_checkpoint_fits": "tetra_lightning.checkpoint",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -124,12 +128,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
     from tetra_lightning.callbacks import (
+        DistillationCallback,
         LowRankCallback,
+        LRRewarmCallback,
         PruningCallback,
         QuantizationCallback,
         TensorCompressionCallback,
     )
-    from tetra_lightning.checkpoint import CompressibleMixin, restore_from_checkpoint
+    from tetra_lightning.checkpoint import CompressibleMixin, check_checkpoint_fits, restore_from_checkpoint
     from tetra_lightning.data import (
         CIFAR10DataModule,
         DigitsDataModule,
@@ -199,6 +205,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the real imports
         count_parameters,
         measure_latency,
         model_report,
+        tied_parameters,
     )
     from tetra_lightning.tuner import TetraOptSampler, TetraOptTuner, TrialPruningCallback, TuneResult
     from tetra_lightning.tuner.ray import TetraOptSearch

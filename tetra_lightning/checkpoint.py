@@ -14,6 +14,11 @@ Two ways to use it:
   history before Lightning loads the weights.
 * Any ``nn.Module``: ``restore_from_checkpoint(model, path)`` replays the history and loads the weights.
 
+Without either, ``Model.load_from_checkpoint(path)`` fails inside torch ("Missing key(s)", "Unexpected key(s)",
+"size mismatch"): nothing of this library runs there. :func:`check_checkpoint_fits` tells that case apart from a
+checkpoint of another architecture and names the fix; the structural callbacks warn at the first checkpoint of a
+module without the mixin.
+
 The checkpoint holds only plain Python types and tensors, so ``torch.load(path, weights_only=True)`` reads it.
 
 This module knows no transformation itself: each core registers how its entries are identified and replayed
@@ -44,6 +49,8 @@ __all__ = [
     "CompressibleMixin",
     "HistoryKind",
     "applied_history",
+    "check_checkpoint_fits",
+    "check_history",
     "entry_key",
     "entry_kind",
     "history_from_checkpoint",
@@ -206,6 +213,24 @@ def entry_key(entry: Mapping[str, Any]) -> str:
     return json.dumps(structural, sort_keys=True, default=str)
 
 
+def check_history(history: Any, argument: str = "history") -> None:
+    """Raises ``TypeError`` unless ``history`` is a list (or tuple) of history entries (dicts).
+
+    Example:
+        >>> check_history([{"name": "fc", "method": "svd"}])
+        >>> check_history(None)
+        Traceback (most recent call last):
+        ...
+        TypeError: `history` must be a list of history entries (dicts) as compress_ / prune_ return it, got None. ...
+    """
+    if not isinstance(history, (list, tuple)) or not all(isinstance(entry, Mapping) for entry in history):
+        raise TypeError(
+            f"`{argument}` must be a list of history entries (dicts) as compress_ / prune_ return it, got "
+            f"{history!r:.80}. Pass [] for a model without rewrites, or history_from_checkpoint(checkpoint) for the "
+            "history a checkpoint holds."
+        )
+
+
 def history_to_tensor(history: list[dict[str, Any]]) -> torch.Tensor:
     """Encodes a history as a uint8 tensor (JSON bytes), so it can travel inside a ``state_dict``.
 
@@ -277,6 +302,7 @@ def replay_history(model: nn.Module, history: list[dict[str, Any]]) -> list[dict
         >>> replay_history(nn.Linear(4, 4), [])
         []
     """
+    check_history(history)
     applied = applied_history(model)
     if [entry_key(entry) for entry in history[: len(applied)]] != [entry_key(entry) for entry in applied]:
         raise ValueError(
@@ -392,6 +418,8 @@ def restore_from_checkpoint(
 
     Raises:
         KeyError: if ``load_weights`` and the checkpoint has no ``state_dict_key``.
+        RuntimeError: when the weights do not fit even after the replay (another architecture); the message
+            lists the keys that differ (see :func:`check_checkpoint_fits`).
 
     Example:
         >>> import torch
@@ -404,10 +432,7 @@ def restore_from_checkpoint(
         >>> all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), dense.state_dict().values()))
         True
     """
-    if isinstance(checkpoint_or_path, Mapping):
-        checkpoint = checkpoint_or_path
-    else:
-        checkpoint = torch.load(checkpoint_or_path, map_location="cpu", weights_only=True)
+    checkpoint = _load(checkpoint_or_path)
     replay_history(model, history_from_checkpoint(checkpoint))
     replay_sections(model, checkpoint)
     if load_weights:
@@ -416,8 +441,105 @@ def restore_from_checkpoint(
                 f"The checkpoint has no {state_dict_key!r} entry (keys: {sorted(checkpoint)}). Pass "
                 "`state_dict_key=` naming the weights, or `load_weights=False` to rebuild the structure only."
             )
-        model.load_state_dict(checkpoint[state_dict_key], strict=strict)
+        try:
+            model.load_state_dict(checkpoint[state_dict_key], strict=strict)
+        except RuntimeError as error:  # torch's missing / unexpected keys: say why and what to do
+            try:
+                check_checkpoint_fits(model, checkpoint, state_dict_key=state_dict_key)
+            except RuntimeError as explained:
+                raise explained from error
+            raise
     return model
+
+
+def _load(checkpoint_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
+    if isinstance(checkpoint_or_path, Mapping):
+        return checkpoint_or_path
+    return torch.load(checkpoint_or_path, map_location="cpu", weights_only=True)
+
+
+def _describe(entry: Mapping[str, Any]) -> str:
+    kind = entry_kind(entry)
+    if kind == DEFAULT_KIND:
+        return f"{entry.get('method')} {entry.get('name')!r}"
+    return str(kind)
+
+
+def check_checkpoint_fits(
+    model: nn.Module,
+    checkpoint_or_path: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    state_dict_key: str = "state_dict",
+) -> None:
+    """Raises a ``RuntimeError`` that names the fix when the checkpoint's weights do not fit ``model``.
+
+    ``Model.load_from_checkpoint(path)`` on a module without :class:`CompressibleMixin` fails inside torch with
+    "Missing key(s)" / "Unexpected key(s)" / "size mismatch" when the checkpoint was written after a structural
+    rewrite: nothing of this library runs there to rebuild the structure first. This check, independent of
+    Lightning, tells that case (the checkpoint holds a history the model has not been through) from a checkpoint
+    of another architecture, and says what to do; :func:`restore_from_checkpoint` runs it before loading.
+
+    Args:
+        model: the module the weights are meant for (a LightningModule or a plain ``nn.Module``).
+        checkpoint_or_path: a loaded checkpoint dict or a path to one.
+        state_dict_key: key of the weights in the checkpoint dict.
+
+    Raises:
+        RuntimeError: when the keys or shapes differ; the message lists them and, for a checkpoint with a
+            structural history the model has not been through, names :class:`CompressibleMixin` and
+            :func:`restore_from_checkpoint`.
+        KeyError: if the checkpoint has no ``state_dict_key``.
+
+    Example:
+        >>> from torch import nn
+        >>> dense = nn.Sequential(nn.Linear(4, 4))
+        >>> pruned = {"state_dict": {"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(2)},
+        ...           "tetra_lightning": {"history": [{"kind": "prune", "ops": [["0", "out", [2, 3]]]}]}}
+        >>> check_checkpoint_fits(dense, pruned)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: The checkpoint holds 1 structural rewrite (prune) that Sequential has not been through: ...
+        >>> check_checkpoint_fits(restore_from_checkpoint(nn.Sequential(nn.Linear(4, 4)), pruned), pruned)
+    """
+    checkpoint = _load(checkpoint_or_path)
+    if state_dict_key not in checkpoint:
+        raise KeyError(f"The checkpoint has no {state_dict_key!r} entry (keys: {sorted(checkpoint)}).")
+    weights = {key: value for key, value in checkpoint[state_dict_key].items() if key != HISTORY_STATE_KEY}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    resized = sorted(
+        key
+        for key in set(own) & set(weights)
+        if isinstance(weights[key], torch.Tensor)
+        and isinstance(own[key], torch.Tensor)
+        and not nn.parameter.is_lazy(own[key])
+        and tuple(own[key].shape) != tuple(weights[key].shape)
+    )
+    if not (missing or unexpected or resized):
+        return
+    differences = "; ".join(
+        f"{label} {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", resized))
+        if keys
+    )
+    owner = type(model).__name__
+    history = history_from_checkpoint(checkpoint)
+    pending = history[len(applied_history(model)) :]
+    if pending:
+        kinds = ", ".join(dict.fromkeys(_describe(entry) for entry in pending[:6]))
+        raise RuntimeError(
+            f"The checkpoint holds {len(pending)} structural rewrite{'s' if len(pending) > 1 else ''} ({kinds}) "
+            f"that {owner} has not been through: its weights do not fit the freshly built model ({differences}). "
+            f"Rebuild the structure first: give the class the mixin (`class {owner}(CompressibleMixin, "
+            f"LightningModule)`, then `{owner}.load_from_checkpoint(path)` and `Trainer.fit(ckpt_path=...)` work), "
+            f"or call `restore_from_checkpoint({owner}(...), path)` for any nn.Module."
+        )
+    raise RuntimeError(
+        f"The checkpoint's weights do not fit {owner} ({differences}) and no structural history explains it: the "
+        "checkpoint was written for another architecture (or for the inner network rather than the "
+        "LightningModule). Build the model the checkpoint was written from."
+    )
 
 
 class CompressibleMixin:

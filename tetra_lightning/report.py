@@ -40,6 +40,7 @@ __all__ = [
     "count_parameters",
     "measure_latency",
     "model_report",
+    "tied_parameters",
 ]
 
 
@@ -128,6 +129,34 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
         50
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Groups of names under which distinct modules of ``model`` hold one and the same parameter (tied weights).
+
+    A module registered under several names (an alias) is one module, so its parameters are not tied; a weight
+    assigned to two modules (``decoder.weight = encoder.weight``, an output layer sharing the embedding's weight)
+    is. Each tensor counts once in :func:`count_parameters`; a rewrite that replaces one of the modules alone
+    would untie it.
+
+    Args:
+        model: any module.
+
+    Returns:
+        One list per shared parameter, its qualified names in ``named_modules`` order; empty when nothing is tied.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.ModuleDict({"enc": nn.Linear(4, 4), "dec": nn.Linear(4, 4)})
+        >>> net["dec"].weight = net["enc"].weight
+        >>> tied_parameters(net), count_parameters(net)
+        ([['enc.weight', 'dec.weight']], 24)
+    """
+    holders: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            holders.setdefault(id(parameter), []).append(f"{module_name}.{name}" if module_name else name)
+    return [names for names in holders.values() if len(names) > 1]
 
 
 def count_bytes(model: nn.Module) -> tuple[int, dict[str, int]]:

@@ -47,7 +47,13 @@ from tetra_lightning.callbacks._surgery import (
     replay_from_trainer_ckpt,
     ship_history_with_state_dict,
 )
-from tetra_lightning.checkpoint import CHECKPOINT_KEY, applied_history, record_history, replay_history
+from tetra_lightning.checkpoint import (
+    CHECKPOINT_KEY,
+    CompressibleMixin,
+    applied_history,
+    record_history,
+    replay_history,
+)
 from tetra_lightning.report import ModelReport, compare, model_report
 
 __all__ = ["StageChange", "StageSchedule", "StagedRewriteCallback", "check_schedule_fits", "format_summary"]
@@ -277,6 +283,10 @@ class StagedRewriteCallback(Callback):
         self.rewrite_epochs: list[int] = []
         self._dense: dict[str, int] = {}
         self._batch_example: Any = None
+        # Shape and dtype of the first training batch's inputs, kept in the state: a fit resumed at a stage epoch
+        # runs the stage before it sees a batch.
+        self._example_spec: dict[str, Any] | None = None
+        self._mixin_hint_given = False
 
     @property
     def name(self) -> str:
@@ -337,6 +347,11 @@ class StagedRewriteCallback(Callback):
     ) -> None:
         if self._batch_example is None and self.example_input is None:
             self._batch_example = first_input(batch)
+            if isinstance(self._batch_example, torch.Tensor):
+                self._example_spec = {
+                    "shape": list(self._batch_example.shape),
+                    "dtype": str(self._batch_example.dtype).removeprefix("torch."),
+                }
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self.schedule.due(self.stages_done, trainer.current_epoch):
@@ -345,7 +360,18 @@ class StagedRewriteCallback(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint.setdefault(CHECKPOINT_KEY, {})["history"] = [dict(entry) for entry in applied_history(pl_module)]
+        history = applied_history(pl_module)
+        checkpoint.setdefault(CHECKPOINT_KEY, {})["history"] = [dict(entry) for entry in history]
+        if history and not isinstance(pl_module, CompressibleMixin) and not self._mixin_hint_given:
+            self._mixin_hint_given = True
+            owner = type(pl_module).__name__
+            rank_zero_warn(
+                f"{self.name}: the checkpoints of this run hold the rewritten structure of {owner}, which a freshly "
+                f"built {owner} lacks. `{owner}.load_from_checkpoint` needs `class {owner}(CompressibleMixin, "
+                f"LightningModule)` to rebuild it before the weights load; without the mixin, call "
+                f"`restore_from_checkpoint({owner}(...), path)`. (`Trainer.fit(ckpt_path=...)` with this callback "
+                "works either way.)"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -355,6 +381,7 @@ class StagedRewriteCallback(Callback):
             "layer_table": [dict(row) for row in self.layer_table],
             "summary": dict(self.summary),
             "dense": dict(self._dense),
+            "example": None if self._example_spec is None else dict(self._example_spec),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -364,6 +391,8 @@ class StagedRewriteCallback(Callback):
         self.layer_table = [dict(row) for row in state_dict.get("layer_table", [])]
         self.summary = dict(state_dict.get("summary", {}))
         self._dense = {key: int(value) for key, value in state_dict.get("dense", {}).items()}
+        example = state_dict.get("example")
+        self._example_spec = dict(example) if example else None
 
     # ------------------------------------------------------------------------------------------------------
     # the sequence
@@ -426,6 +455,9 @@ class StagedRewriteCallback(Callback):
             example = getattr(pl_module, "example_input_array", None)
         if example is None:
             example = self._batch_example
+        if example is None and self._example_spec is not None:
+            # Resumed before any batch: an input of the recorded shape and dtype traces the same graph.
+            example = torch.zeros(self._example_spec["shape"], dtype=getattr(torch, self._example_spec["dtype"]))
         if example is None:
             if self.needs_example:
                 raise MisconfigurationException(
@@ -437,6 +469,43 @@ class StagedRewriteCallback(Callback):
         if isinstance(example, torch.Tensor):
             return example.to(device)
         return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in example)
+
+    # ------------------------------------------------------------------------------------------------------
+    # the errors and warnings every staged callback gives in the same words
+    # ------------------------------------------------------------------------------------------------------
+    def require_layers(
+        self, pl_module: pl.LightningModule, found: bool, verb: str, kinds: str, *, qualifier: str = "", fix: str
+    ) -> None:
+        """Raises ``MisconfigurationException`` at setup when the module has nothing the callback can rewrite.
+
+        Args:
+            pl_module: the module.
+            found: whether any layer to rewrite was found (nothing happens then).
+            verb: what the callback does, e.g. ``"prune"``.
+            kinds: the layer types it looks for, e.g. ``"nn.Linear / nn.Conv2d"``.
+            qualifier: e.g. ``"accepted by `filter_fn` "`` when the user narrowed the choice.
+            fix: the sentence that says what to do.
+        """
+        if found:
+            return
+        present = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
+        raise MisconfigurationException(
+            f"{self.name} found nothing to {verb}: no {kinds} layer {qualifier}in {type(pl_module).__name__} "
+            f"(it has: {', '.join(present) or 'no submodules'}). {fix}"
+        )
+
+    def warn_unreachable(
+        self, stage: int, argument: str, target: float, before: int, best: int, unit: str, fix: str
+    ) -> None:
+        """Warns (rank zero) that a stage cannot reach the ratio the user asked for and goes as far as it can."""
+        rank_zero_warn(
+            f"{self.name}: {argument}={target:.3g} is not reachable at stage {stage} ({before} -> at best {best} "
+            f"{unit}); going as far as possible. {fix}"
+        )
+
+    def warn_unchanged(self, stage: int, done: str, why: str) -> None:
+        """Warns (rank zero) that a stage changed nothing, e.g. ``done="pruned"``, and why."""
+        rank_zero_warn(f"{self.name}: nothing was {done} at stage {stage}: {why}")
 
     def _measure(self, pl_module: pl.LightningModule, example: Any) -> ModelReport:
         try:

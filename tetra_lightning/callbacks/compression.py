@@ -255,13 +255,14 @@ class TensorCompressionCallback(StagedRewriteCallback):
             if isinstance(module, (*DENSE_LAYERS, *FUSED_MODULES, FactorizedLayer))
             and (self.filter_fn is None or self.filter_fn(module, name))
         ]
-        if not found:
-            kinds = sorted({type(m).__name__ for m in pl_module.modules()} - {type(pl_module).__name__})
-            raise MisconfigurationException(
-                "TensorCompressionCallback found nothing to compress: no nn.Linear / nn.Conv2d layer "
-                f"{'accepted by `filter_fn` ' if self.filter_fn is not None else ''}in {type(pl_module).__name__} "
-                f"(it has: {', '.join(kinds) or 'no submodules'}). Check `filter_fn` or remove the callback."
-            )
+        self.require_layers(
+            pl_module,
+            bool(found),
+            "compress",
+            "nn.Linear / nn.Conv2d",
+            qualifier="accepted by `filter_fn` " if self.filter_fn is not None else "",
+            fix="Check `filter_fn` or remove the callback.",
+        )
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The "fisher" allocations: sum squared gradients of the candidate layers during the epoch before a stage.
@@ -359,18 +360,19 @@ class TensorCompressionCallback(StagedRewriteCallback):
             else:
                 configs[name] = option.config()
         if not plan.reachable:
-            rank_zero_warn(
-                f"TensorCompressionCallback: target_ratio={self.stage_ratio(stage):.3g} is not reachable at stage "
-                f"{stage} ({plan.total_before} -> at best {plan.total_planned} {self.ratio_metric}); compressing "
-                "as far as possible. Lower `target_ratio`, lower `min_layer_params` or widen `filter_fn`."
+            self.warn_unreachable(
+                stage, "target_ratio", self.stage_ratio(stage), plan.total_before, plan.total_planned,
+                self.ratio_metric, "Lower `target_ratio`, lower `min_layer_params` or widen `filter_fn`.",
             )
         entries = [entry for entry in compress_(pl_module, configs) if not entry.get("skipped")] if configs else []
         decomposed = [entry for entry in entries if "kind" not in entry]
         if not decomposed:
-            rank_zero_warn(
-                f"TensorCompressionCallback: nothing was factorized at stage {stage}: no layer of "
-                f"{type(pl_module).__name__} can save parameters (layers below min_layer_params="
-                f"{self.min_layer_params}, 3-channel inputs and layers rejected by `filter_fn` stay dense)."
+            self.warn_unchanged(
+                stage,
+                "factorized",
+                f"no layer of {type(pl_module).__name__} can save parameters (layers below min_layer_params="
+                f"{self.min_layer_params}, 3-channel inputs, tied weights and layers rejected by `filter_fn` stay "
+                "dense).",
             )
         rows = []
         for entry in decomposed:

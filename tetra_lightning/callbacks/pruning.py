@@ -178,6 +178,27 @@ class PruningCallback(StagedRewriteCallback):
                 f"have. Its conv / linear layers: "
                 f"{[n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))][:20]}."
             )
+        # The layer types torch-pruning starts a group of coupled channels from.
+        prunable = [
+            name
+            for name, module in modules.items()
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+            and name not in self.config.ignored_layers
+            and (self.filter_fn is None or self.filter_fn(module, name))
+        ]
+        narrowed = []
+        if self.filter_fn is not None:
+            narrowed.append("accepted by `filter_fn`")
+        if self.config.ignored_layers:
+            narrowed.append("outside `ignored_layers`")
+        self.require_layers(
+            pl_module,
+            bool(prunable),
+            "prune",
+            "nn.Linear / conv",
+            qualifier=" and ".join(narrowed) + " " if narrowed else "",
+            fix="Check `filter_fn` and `ignored_layers`, or remove the callback.",
+        )
 
     def decide_stage(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any
@@ -187,9 +208,28 @@ class PruningCallback(StagedRewriteCallback):
         if self.config.target_params_ratio is not None:
             stage_target = self._dense["params"] / self.config.target_params_ratio ** ((stage + 1) / self.steps)
             config = config.replace(target_params_ratio=max(count_parameters(pl_module) / stage_target, 1.0 + 1e-6))
+        params_before = count_parameters(pl_module)
         entries = prune_(pl_module, example, config, filter_fn=self.filter_fn)
         for entry in entries:
             entry["stage"] = stage
+        params_after = count_parameters(pl_module)
+        if self.config.target_params_ratio is not None:
+            target = self.config.target_params_ratio ** ((stage + 1) / self.steps)
+            if self._dense["params"] / params_after < 0.99 * target:
+                self.warn_unreachable(
+                    stage, "target_params_ratio", target, params_before, params_after, "params",
+                    f"No layer loses more than max_pruning_ratio={self.config.max_pruning_ratio:g} of its channels "
+                    "and the layers producing the output keep theirs: lower `target_params_ratio`, raise "
+                    "`max_pruning_ratio` or add steps.",
+                )
+        if not any(entry.get("ops") for entry in entries):
+            self.warn_unchanged(
+                stage,
+                "pruned",
+                f"no group of coupled channels of {type(pl_module).__name__} could lose channels (the layers "
+                "producing the output keep theirs with keep_outputs=True; `ignored_layers`, `filter_fn` and tied "
+                "weights keep channels too).",
+            )
         return StageChange(entries, _layer_rows(entries, stage))
 
 

@@ -15,8 +15,8 @@ from tetra_lightning.decompose.configs import (
     TuckerConfig,
     config_from_dict,
 )
-from tetra_lightning.decompose.core import compress_, decompose_layer, recompose_, restore_structure
 from tetra_lightning.decompose.conv1d import FactorizedConv1d
+from tetra_lightning.decompose.core import compress_, decompose_layer, recompose_, restore_structure
 from tetra_lightning.decompose.cp import CPConv2d
 from tetra_lightning.decompose.embedding import TTEmbedding
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks

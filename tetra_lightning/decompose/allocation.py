@@ -50,9 +50,10 @@ from torch import nn
 
 from tetra_lightning.decompose.base import FactorizedLayer
 from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TTConfig, TuckerConfig
-from tetra_lightning.decompose.core import decompose_layer
+from tetra_lightning.decompose.core import _ties_leaving, decompose_layer
 from tetra_lightning.decompose.methods import DENSE_LAYERS, MethodSpec, factorization, layer_shape
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
+from tetra_lightning.report import tied_parameters
 
 __all__ = [
     "AllocationPlan",
@@ -166,7 +167,9 @@ def compressible_layers(
     Args:
         model: the model (fully qualified names are relative to it).
         filter_fn: ``filter_fn(module, fqn) -> bool``; layers it rejects are neither candidates nor skipped.
-        min_layer_params: layers with fewer parameters are skipped (recorded with a reason).
+        min_layer_params: layers with fewer parameters are skipped (recorded with a reason), like layers that
+            share a parameter with another module (tied weights); a factorized layer counts the parameters of its
+            dense equivalent.
 
     Returns:
         ``(candidates, skipped)``: name -> module for layers to consider, name -> reason for the others.
@@ -180,6 +183,7 @@ def compressible_layers(
     candidates: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
     factorized_prefixes: list[str] = []
+    ties = tied_parameters(model)
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in factorized_prefixes):
             continue  # the plain convs inside a factorized layer are its factors, not layers of the model
@@ -190,7 +194,13 @@ def compressible_layers(
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
-        params = sum(p.numel() for p in module.parameters())
+        held, others = _ties_leaving(name, ties)
+        if held:
+            skipped[name] = f"shares {held} with {others} (tied weights): factorizing it would untie them"
+            continue
+        # A factorized layer is judged by the dense layer it stands for: its factors are small after a first
+        # stage, and a later stage (iterative compression) must still be able to decompose it further.
+        params = layer_shape(module).dense_params if is_factorized else sum(p.numel() for p in module.parameters())
         if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.in_channels <= 4:
             skipped[name] = f"input layer with {module.in_channels} channels: too few to factorize"
         elif params < min_layer_params:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -93,7 +94,8 @@ class FactorizedLayer(nn.Module, ABC):
         """Build a layer of the right class and shapes from :meth:`spec` (weights are freshly initialised).
 
         Raises:
-            ValueError: if ``spec["class"]`` is not a known factorized layer.
+            ValueError: if ``spec["class"]`` is not a known factorized layer, the spec lacks one of its
+                constructor's arguments or has a ``rank`` that is not positive.
         """
         name = spec.get("class")
         if name not in _REGISTRY:
@@ -105,6 +107,7 @@ class FactorizedLayer(nn.Module, ABC):
         if cls is not FactorizedLayer and not issubclass(target, cls):
             raise ValueError(f"`spec` describes a {name}, not a {cls.__name__}. Call FactorizedLayer.from_spec.")
         kwargs = {key: value for key, value in spec.items() if key != "class"}
+        _check_spec(name, target, kwargs)
         return target(**kwargs)
 
     @property
@@ -117,6 +120,27 @@ class FactorizedLayer(nn.Module, ABC):
 
     def _reference(self) -> Tensor:
         return next(self.parameters())
+
+
+def _check_spec(name: str, target: type[FactorizedLayer], kwargs: dict[str, Any]) -> None:
+    """Raises ``ValueError`` for a spec that lacks a constructor argument or holds a rank that is not positive."""
+    parameters = inspect.signature(target).parameters
+    missing = [
+        key
+        for key, parameter in parameters.items()
+        if parameter.default is parameter.empty
+        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        and key not in kwargs
+    ]
+    if missing:
+        raise ValueError(f"the spec of {name} lacks {', '.join(map(repr, missing))} (it has {sorted(kwargs)}).")
+    if "rank" in kwargs:
+        rank = kwargs["rank"]
+        ranks = list(rank) if isinstance(rank, (list, tuple)) else [rank]
+        if not ranks or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks):
+            raise ValueError(
+                f"`rank` must be a positive int or a list of positive ints, got {rank!r} in the spec of {name}."
+            )
 
 
 class _BiasOnAccess:

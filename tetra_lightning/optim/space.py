@@ -11,6 +11,7 @@ models see a longer chain of smaller modes.
 
 from __future__ import annotations
 
+import bisect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +42,14 @@ class Dimension(ABC):
     @abstractmethod
     def index(self, value: Any) -> int:
         """The grid index of ``value``."""
+
+    def unit_coords(self) -> np.ndarray | None:
+        """Positions of the grid points in ``[0, 1]`` (log-scaled for log dimensions); ``None`` if unordered."""
+        coords = getattr(self, "_coords", None)
+        if coords is None or len(coords) < 2:
+            return None
+        coords = np.asarray(coords, dtype=float)
+        return (coords - coords[0]) / (coords[-1] - coords[0])
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
@@ -179,6 +188,7 @@ class Int(Dimension):
         else:
             self.grid = tuple(low + i * step for i in _evenly_spaced_indices(self.n_values, MAX_LEVELS))
             self._coords = np.asarray(self.grid, dtype=float)
+        self._coord_list: list[float] = self._coords.tolist()
 
     def index(self, value: Any) -> int:
         """Index of the grid point nearest to ``value`` (in log space when ``log=True``).
@@ -192,7 +202,7 @@ class Int(Dimension):
         if self.n_values <= MAX_LEVELS and not self.log:
             return int(min(self.size - 1, max(0, round((v - self.low) / self.step))))
         coord = math.log(min(max(v, self.low), self.high)) if self.log else v
-        return _nearest(self._coords, coord)
+        return _nearest(self._coord_list, coord)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "int", "low": self.low, "high": self.high, "step": self.step, "log": self.log}
@@ -208,8 +218,9 @@ class Float(Dimension):
         low: left end (included).
         high: right end (included), ``> low``.
         log: place the grid uniformly in ``log`` space (needs ``low > 0``), e.g. for learning rates.
-        grid: number of grid points (an int >= 2, default 16; a power ``p**q`` can be quantized into ``q``
-            modes of size ``p``), or an explicit increasing sequence of values inside ``[low, high]``.
+        grid: number of grid points (an int >= 2, default ``MAX_LEVELS`` = 128, fine enough that the interval
+            behaves as continuous; a power ``p**q`` can be quantized into ``q`` modes of size ``p``), or an explicit
+            increasing sequence of values inside ``[low, high]``.
         step: the values are ``low, low + step, ...`` up to ``high`` (Optuna's ``suggest_float(..., step=...)``):
             all of them when there are at most ``MAX_LEVELS``, else ``MAX_LEVELS`` evenly spaced ones; any value of
             the interval snaps to the nearest. Not with ``log`` or an explicit ``grid``.
@@ -228,7 +239,7 @@ class Float(Dimension):
         ((0.0, 0.1, 0.2, 0.3, 0.4, 0.5), 3)
     """
 
-    def __init__(self, low: float, high: float, log: bool = False, grid: int | Sequence[float] = 16,
+    def __init__(self, low: float, high: float, log: bool = False, grid: int | Sequence[float] = MAX_LEVELS,
                  step: float | None = None) -> None:
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high)):
@@ -247,7 +258,7 @@ class Float(Dimension):
                 raise ValueError(f"Float `step` must be a positive number, got step={step!r}. Pass e.g. step=0.1.")
             if log:
                 raise ValueError("Float takes `step` or `log=True`, not both (as in Optuna). Drop one of them.")
-            if not (isinstance(grid, (int, np.integer)) and grid == 16):
+            if not (isinstance(grid, (int, np.integer)) and grid == MAX_LEVELS):
                 raise ValueError(f"Float takes `step` or `grid`, not both, got step={step}, grid={grid!r}. "
                                  "Drop one of them.")
             self.step = float(step)
@@ -278,6 +289,7 @@ class Float(Dimension):
                 raise ValueError(f"Float with `log=True` needs positive grid values, got {grid!r}.")
         self.grid = tuple(float(v) for v in values)
         self._coords = np.log(values) if log else values
+        self._coord_list = self._coords.tolist()
 
     def index(self, value: Any) -> int:
         """Index of the grid point nearest to ``value`` (in log space when ``log=True``).
@@ -290,7 +302,7 @@ class Float(Dimension):
         if not (self.low - 1e-9 * span <= v <= self.high + 1e-9 * span):
             raise ValueError(f"value {value!r} is outside the Float range [{self.low}, {self.high}].")
         coord = math.log(max(v, self.low)) if self.log else v
-        return _nearest(self._coords, coord)
+        return _nearest(self._coord_list, coord)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high, "log": self.log}
@@ -333,9 +345,9 @@ def _number(value: Any, dim: Dimension) -> float:
     return v
 
 
-def _nearest(coords: np.ndarray, coord: float) -> int:
+def _nearest(coords: Sequence[float], coord: float) -> int:
     """Index of the sorted ``coords`` entry nearest to ``coord`` (binary search; the first on a tie)."""
-    j = int(np.searchsorted(coords, coord))
+    j = bisect.bisect_left(coords, coord)  # on a list: a tenth of np.searchsorted's time for one value
     if j <= 0:
         return 0
     if j >= len(coords):
@@ -380,6 +392,10 @@ def _factor_power(n: int, max_base: int) -> tuple[int, int] | None:
     return None
 
 
+_MEMO_TYPES = (int, float, str, bool)  # param values whose multi-index SearchSpace.to_index remembers
+_MEMO_SIZE = 65536
+
+
 class SearchSpace(Mapping[str, Dimension]):
     """An ordered product of named finite dimensions: a tensor with one mode per dimension.
 
@@ -421,6 +437,7 @@ class SearchSpace(Mapping[str, Dimension]):
                                 f"got {dim!r}.")
             dims[name] = dim
         self._dims = dims
+        self._index_memo: dict[tuple[Any, ...], tuple[int, ...]] = {}
         self.names: tuple[str, ...] = tuple(dims)
         self.sizes: tuple[int, ...] = tuple(d.size for d in dims.values())
         self.quantize = bool(quantize)
@@ -475,7 +492,17 @@ class SearchSpace(Mapping[str, Dimension]):
         if missing:
             raise KeyError(f"params {dict(params)!r} miss the dimension(s) {missing}.")
         try:
-            return tuple(self._dims[n].index(params[n]) for n in self.names)
+            values = tuple(params[n] for n in self.names)
+            key = tuple((type(v), v) for v in values)  # True and 1 index differently in a Categorical
+            hit = self._index_memo.get(key) if all(type(v) in _MEMO_TYPES for v in values) else None
+            if hit is not None:
+                return hit
+            index = tuple(self._dims[n].index(v) for n, v in zip(self.names, values, strict=True))
+            if all(type(v) in _MEMO_TYPES for v in values):
+                if len(self._index_memo) >= _MEMO_SIZE:
+                    self._index_memo.clear()
+                self._index_memo[key] = index
+            return index
         except ValueError as err:
             raise ValueError(f"params {dict(params)!r} do not fit the space: {err}") from None
 

@@ -2,7 +2,12 @@
 
 Methods (``method=``):
 
-- ``"tetra"`` (default): model-based TT search for small budgets. After a balanced random design, every
+- ``"tetra"`` (default): model-based TT search for small budgets, in two forms chosen by the space.
+  On spaces with a ``Float`` or an ``Int`` of more than 32 values (what a training script tunes: learning rates,
+  dropout, widths), :mod:`tetra_lightning.optim.smooth`: a Gaussian process whose posterior mean is a tensor train
+  on the fine grid (main effects as a rank-2 TT plus a CP interaction), log expected improvement maximized by
+  coordinate ascent along the TT's modes, partly inside a trust region around the incumbent. On spaces of
+  categoricals and short integer ranges (NAS cells), the finite-grid TT model: after a balanced random design, every
   proposal fits a low-rank TT surrogate (an additive model, which is an exact rank-2 TT, refined by ALS TT
   completion with a proximal ridge toward it) on a bootstrap resample of the (rank-transformed) values seen so far
   (Thompson sampling), then takes the surrogate's best unseen point, either among one-coordinate mutations of
@@ -33,6 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from tetra_lightning.optim._strategy import MAX_FIT_POINTS, Strategy, normal_scores
+from tetra_lightning.optim.smooth import (
+    DEFAULT_LOCAL_FRACTION,
+    DEFAULT_N_INIT,
+    SmoothStrategy,
+    is_smooth_space,
+)
 from tetra_lightning.optim.space import SearchSpace, as_space
 from tetra_lightning.optim.tt import (
     additive_tt,
@@ -48,7 +60,6 @@ __all__ = ["METHODS", "OptimizeResult", "TetraOpt", "maximize", "minimize"]
 
 METHODS = ("tetra", "ttopt", "protes", "random")
 _ENUMERATE_LIMIT = 1 << 16
-_MAX_FIT_POINTS = 400
 
 
 @dataclass
@@ -95,8 +106,10 @@ class TetraOpt:
         method: one of ``"tetra"`` (default), ``"ttopt"``, ``"protes"``, ``"random"`` (see the module docstring).
         rank: TT rank of the surrogate (``tetra``), maximal rank (``ttopt``) or distribution rank (``protes``);
             ``None`` picks 2, 2 and 4.
-        n_init: size of the initial balanced random design (``tetra``); ``None`` picks a value from the space.
-        local_fraction: share of ``tetra`` proposals restricted to one-coordinate mutations of the incumbent.
+        n_init: size of the initial design (``tetra``); ``None`` picks 6 on smooth spaces (a Latin hypercube),
+            else a value from the space (a balanced design).
+        local_fraction: share of ``tetra`` proposals searched near the incumbent: among its one-coordinate
+            mutations on categorical spaces (default 0.5), inside the trust region on smooth ones (default 0.3).
         warm_start: known ``(params, value)`` pairs used by the model but not counted in the budget and never
             proposed again.
         options: method-specific settings: ``als_sweeps`` (2), ``prox`` (1.0), ``ridge`` (1.0), ``restart``
@@ -126,7 +139,7 @@ class TetraOpt:
         method: str = "tetra",
         rank: int | None = None,
         n_init: int | None = None,
-        local_fraction: float = 0.5,
+        local_fraction: float | None = None,
         warm_start: Sequence[tuple[Mapping[str, Any], float]] | None = None,
         **options: Any,
     ) -> None:
@@ -140,11 +153,12 @@ class TetraOpt:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}. The default is 'tetra'.")
         if rank is not None and (not isinstance(rank, (int, np.integer)) or rank < 1):
             raise ValueError(f"`rank` must be a positive int or None, got {rank!r}. Pass e.g. rank=2.")
-        if not 0.0 <= float(local_fraction) <= 1.0:
+        if local_fraction is not None and not 0.0 <= float(local_fraction) <= 1.0:
             raise ValueError(f"`local_fraction` must be in [0, 1], got {local_fraction!r}.")
         if n_init is not None and (not isinstance(n_init, (int, np.integer)) or n_init < 1):
             raise ValueError(f"`n_init` must be a positive int or None, got {n_init!r}.")
-        known = {"als_sweeps", "prox", "ridge", "local_elite", "clip", "restart", "batch", "elite", "lr", "gd_steps"}
+        known = {"als_sweeps", "prox", "ridge", "local_elite", "clip", "restart", "batch", "elite", "lr", "gd_steps",
+                 "smooth", "refine_scale", "tr_init", "tr_min", "fail_tol", "succ_tol", "transform", "acq"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for TetraOpt; known options are {sorted(known)}.")
@@ -173,9 +187,12 @@ class TetraOpt:
             self._all = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
         default_rank = {"tetra": 2, "ttopt": 2, "protes": 4, "random": 1}[method]
         self.rank = int(rank) if rank is not None else default_rank
+        smooth = method == "tetra" and is_smooth_space(self.space)
         if n_init is None:
-            n_init = int(np.clip(3 + sum(s - 1 for s in self.space.sizes) // 2, 5, 15))
+            n_init = DEFAULT_N_INIT if smooth else int(np.clip(3 + sum(s - 1 for s in self.space.sizes) // 2, 5, 15))
         self.n_init = int(n_init)
+        if local_fraction is None:
+            local_fraction = DEFAULT_LOCAL_FRACTION if smooth else 0.5
         self.local_fraction = float(local_fraction)
         for params, value in warm_start or []:
             idx = self.space.to_index(params)
@@ -377,38 +394,14 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- strategies
-class _Strategy:
-    def __init__(self, opt: TetraOpt) -> None:
-        self.opt = opt
-
-    def propose(self, n: int) -> list[np.ndarray]:
-        return []
-
-    def observe(self, indices: list[tuple[int, ...]], scores: list[float]) -> None:
-        return None
-
-
-def _make_strategy(opt: TetraOpt) -> _Strategy:
+def _make_strategy(opt: TetraOpt) -> Strategy:
+    if opt.method == "tetra" and is_smooth_space(opt.space):
+        return SmoothStrategy(opt)
     return {"tetra": _TetraStrategy, "ttopt": _CrossStrategy, "protes": _ProtesStrategy,
-            "random": _Strategy}[opt.method](opt)
+            "random": Strategy}[opt.method](opt)
 
 
-def _normal_scores(y: np.ndarray) -> np.ndarray:
-    """Rank transform to roughly standard-normal scores (robust to outliers such as broken networks)."""
-    m = len(y)
-    ranks = np.empty(m)
-    order = np.argsort(y, kind="stable")
-    ranks[order] = np.arange(m)
-    # average ranks of ties so equal values get equal scores
-    _, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
-    sums = np.zeros(len(counts))
-    np.add.at(sums, inv, ranks)
-    ranks = (sums / counts)[inv]
-    u = (ranks + 0.5) / m
-    return 1.6 * np.log(u / (1.0 - u)) / 2.0  # logistic approximation of the probit
-
-
-class _TetraStrategy(_Strategy):
+class _TetraStrategy(Strategy):
     """Bootstrap-Thompson TT surrogate + local search around the incumbent (the default)."""
 
     def __init__(self, opt: TetraOpt) -> None:
@@ -541,14 +534,14 @@ class _TetraStrategy(_Strategy):
                 taken.add(t)
         if len(out) >= n:
             return out
-        if len(y) > _MAX_FIT_POINTS:
+        if len(y) > MAX_FIT_POINTS:
             # bounded fit cost on long runs: the best half of the cap plus a random sample of the rest
             ranked = np.argsort(-y)
-            keep = np.concatenate([ranked[: _MAX_FIT_POINTS // 2],
-                                   opt._rng.choice(ranked[_MAX_FIT_POINTS // 2:], _MAX_FIT_POINTS // 2,
+            keep = np.concatenate([ranked[: MAX_FIT_POINTS // 2],
+                                   opt._rng.choice(ranked[MAX_FIT_POINTS // 2:], MAX_FIT_POINTS // 2,
                                                    replace=False)])
             x, y = x[keep], y[keep]
-        scores = _normal_scores(y)
+        scores = normal_scores(y)
         if self.clip > 0:  # focus the model on the good region: all points below the quantile look alike
             scores = np.maximum(scores, np.quantile(scores, self.clip))
         order = np.argsort(-y)
@@ -612,7 +605,7 @@ class _TetraStrategy(_Strategy):
         return cand[int(np.argmax(self._predict(cores, cand)))]
 
 
-class _CrossStrategy(_Strategy):
+class _CrossStrategy(Strategy):
     """TTOpt-style TT-cross: sweeps over the modes requesting fibers, maxvol on incumbent-dominated scores."""
 
     def __init__(self, opt: TetraOpt) -> None:
@@ -706,7 +699,7 @@ class _CrossStrategy(_Strategy):
         return []
 
 
-class _ProtesStrategy(_Strategy):
+class _ProtesStrategy(Strategy):
     """PROTES-style TT distribution with elite log-likelihood ascent (Adam on log-parametrized cores)."""
 
     def __init__(self, opt: TetraOpt) -> None:

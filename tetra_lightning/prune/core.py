@@ -14,6 +14,7 @@ model (no example input, no dependency graph needed), after which the pruned ``s
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tetra_lightning.checkpoint import register_history_kind
+from tetra_lightning.checkpoint import check_history, register_history_kind
 from tetra_lightning.prune.config import PruneConfig
+from tetra_lightning.report import tied_parameters
 
 __all__ = ["output_layers", "prune_", "pruned_shapes", "restore_pruned_structure"]
 
@@ -235,10 +237,68 @@ def _set_attributes(model: nn.Module, attributes: Mapping[str, Mapping[str, int]
             setattr(modules[name], attribute, int(value))
 
 
+def _slice(module: nn.Module, direction: str, removed: Sequence[int]) -> None:
+    """Removes the output (``"out"``) or input (``"in"``) channels ``removed`` of one layer, in place."""
+    from tetra_lightning.prune._torch_pruning import pruner_for
+
+    pruner = pruner_for(module)
+    function = pruner.prune_out_channels if direction == "out" else pruner.prune_in_channels
+    function(module, list(removed))
+
+
+def _holder(model: nn.Module, parameter_name: str) -> tuple[nn.Module, str]:
+    module_name, _, attribute = parameter_name.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), attribute
+
+
+def _untied_by(model: nn.Module, operations: list[list[Any]], ties: list[list[str]]) -> list[str]:
+    """The tied parameters (``"'a.weight' = 'b.weight'"``) that ``operations`` would turn into different tensors.
+
+    The operations are tried on a copy of the modules holding the touched ties: the tie survives when every
+    holder ends with the same values (the same slices of the one tensor, e.g. an embedding's columns and the
+    tied output layer's inputs removed together).
+    """
+    operations = [operation for operation in operations if operation[1] != "param"]
+    touched = {name for name, _, _ in operations}
+    affected = [group for group in ties if any(p.rpartition(".")[0] in touched for p in group)]
+    if not affected:
+        return []
+    holders = sorted({p.rpartition(".")[0] for group in affected for p in group})
+    copies = copy.deepcopy({name: model.get_submodule(name) for name in holders})  # keeps the ties among them
+    for name, direction, removed in operations:
+        if name in copies:
+            _slice(copies[name], direction, removed)
+    broken = []
+    for group in affected:
+        tensors = [getattr(copies[p.rpartition(".")[0]], p.rpartition(".")[2]) for p in group]
+        if any(t.shape != tensors[0].shape or not torch.equal(t, tensors[0]) for t in tensors[1:]):
+            broken.append(" = ".join(map(repr, group)))
+    return broken
+
+
+def _retie(model: nn.Module, ties: list[list[str]]) -> None:
+    """Makes the holders of each tie share one parameter again where pruning left them equal copies."""
+    for group in ties:
+        holders = [_holder(model, name) for name in group]
+        first = getattr(*holders[0])
+        tensors = [getattr(module, attribute) for module, attribute in holders]
+        if all(t.shape == first.shape and torch.equal(t, first) for t in tensors):
+            for module, attribute in holders[1:]:
+                setattr(module, attribute, first)
+
+
 def _run_pruner(
-    model: nn.Module, example_inputs: Any, pruning_ratio: float, config: PruneConfig, ignored: list[nn.Module]
+    model: nn.Module,
+    example_inputs: Any,
+    pruning_ratio: float,
+    config: PruneConfig,
+    ignored: list[nn.Module],
+    untouched: list[dict[str, Any]] | None = None,
 ) -> _PruneRun:
     """Prunes ``model`` in place at ``pruning_ratio`` and returns the recorded ``[name, direction, removed]`` ops.
+
+    A group of coupled channels whose removal would untie shared parameters (tied weights) is left alone and
+    reported in ``untouched``; the holders of a tie pruned consistently share one parameter again afterwards.
 
     Raises:
         RuntimeError: when nothing could be pruned because every channel group reaches an operation torch-pruning
@@ -254,6 +314,7 @@ def _run_pruner(
     )
 
     names = {id(module): name for name, module in model.named_modules()}
+    ties = tied_parameters(model)
     was_training = model.training
     model.eval()  # tracing runs a forward: keep BatchNorm running statistics untouched
     run = _PruneRun()
@@ -274,14 +335,16 @@ def _run_pruner(
             graph = pruner.DG
             for group in pruner.step(interactive=True):
                 seen: set[tuple[str, str]] = set()
+                group_operations: list[list[Any]] = []
+                group_dims: dict[str, int] = {}
                 for dep, idxs in group:
                     removed = sorted(int(i) for i in to_plain_idxs(idxs))
                     if isinstance(dep.target.module, nn.Parameter):  # class tokens, position embeddings
                         name = parameter_name(graph, dep.target.module)
                         if name is not None and (name, "param") not in seen:
                             seen.add((name, "param"))
-                            run.operations.append([name, "param", removed])
-                            run.parameter_dims[name] = int(dep.target.pruning_dim)
+                            group_operations.append([name, "param", removed])
+                            group_dims[name] = int(dep.target.pruning_dim)
                         continue
                     name = names.get(id(dep.target.module))
                     if name is None:  # element-wise / reshape nodes: nothing to store
@@ -295,8 +358,23 @@ def _run_pruner(
                     if (name, direction) in seen:
                         continue
                     seen.add((name, direction))
-                    run.operations.append([name, direction, removed])
+                    group_operations.append([name, direction, removed])
+                broken = _untied_by(model, group_operations, ties)
+                if broken:
+                    if untouched is not None:
+                        untouched.append(
+                            {
+                                "layers": list(
+                                    dict.fromkeys(name for name, direction, _ in group_operations if direction != "param")
+                                ),
+                                "reason": f"pruning them would untie {', '.join(broken)}",
+                            }
+                        )
+                    continue
                 group.prune()
+                run.operations.extend(group_operations)
+                run.parameter_dims.update(group_dims)
+                _retie(model, ties)
             run.unpruned = dict(graph.skipped)
     finally:
         model.train(was_training)
@@ -375,6 +453,9 @@ def prune_(
     forward reads directly as Swin's attention does, or a dependency search past a fixed budget) keep their
     channels and are listed with the reason under ``"unpruned"``; the search is bounded, so memory and time stay
     bounded too. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
+    Tied weights stay tied: a group that removes the same slices from every module sharing a parameter (an
+    embedding and the output layer tied to it) is pruned and the modules share the smaller parameter; a group
+    that would untie them is left alone, with a warning and a reason in the entry's ``"untouched"``.
 
     Args:
         model: the model, modified in place (any mode; its training flag is restored).
@@ -422,7 +503,8 @@ def prune_(
     if config.target_params_ratio is not None:
         ratio = _solve_ratio(model, example_inputs, config, filter_fn)
     ignored = _resolve_ignored(model, example_inputs, config, filter_fn)
-    run = _run_pruner(model, example_inputs, ratio, config, ignored)
+    untouched: list[dict[str, Any]] = []
+    run = _run_pruner(model, example_inputs, ratio, config, ignored, untouched)
     operations = run.operations
     if computed_grads:
         model.zero_grad(set_to_none=True)
@@ -443,6 +525,16 @@ def prune_(
         "params_after": int(sum(p.numel() for p in model.parameters())),
         "config": config.to_dict(),
     }
+    if untouched:
+        entry["untouched"] = untouched
+        untied = (item["reason"].removeprefix("pruning them would untie ") for item in untouched)
+        reasons = ", ".join(dict.fromkeys(untied))
+        warnings.warn(
+            f"prune_ left {len(untouched)} groups of coupled channels unpruned: pruning them would untie {reasons} "
+            "(tied weights; see the entry's 'untouched'). Give each module its own nn.Parameter to prune them.",
+            UserWarning,
+            stacklevel=2,
+        )
     return [entry]
 
 
@@ -470,8 +562,9 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
     """Replays the ``{"kind": "prune"}`` entries of a history on a freshly built model (structure only).
 
     Each recorded ``[module_name, "out"|"in", removed_indices]`` operation is applied with torch-pruning's
-    per-layer pruning functions, in order; the resulting shapes are checked against the recorded ones. Entries
-    of other kinds are skipped. Afterwards ``model.load_state_dict(pruned.state_dict())`` succeeds.
+    per-layer pruning functions, in order; the resulting shapes are checked against the recorded ones, and
+    parameters the fresh model shares between modules (tied weights) are shared again. Entries of other kinds
+    are skipped. Afterwards ``model.load_state_dict(pruned.state_dict())`` succeeds.
 
     Args:
         model: a model with the original (or an earlier) structure, modified in place.
@@ -481,8 +574,10 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
         ``model``.
 
     Raises:
-        ValueError: when a named module is missing, its type cannot be pruned, or the shapes differ from the
-            recorded ones (the history belongs to another architecture).
+        ValueError: when a named module is missing or its type cannot be pruned (checked for every operation
+            before any channel is removed), or the shapes differ from the recorded ones (the history belongs to
+            another architecture).
+        TypeError: for a ``history`` that is not a list of dicts.
 
     Example:
         >>> import json
@@ -495,29 +590,44 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
     """
     from tetra_lightning.prune._torch_pruning import pruner_for
 
-    for index, entry in enumerate(history):
-        if entry.get("kind") != "prune":
-            continue
-        modules = dict(model.named_modules())
-        dims = entry.get("parameter_dims", {})
-        for name, direction, removed in entry.get("ops", []):
-            if direction == "param":
-                _prune_parameter(model, index, name, int(dims.get(name, -1)), removed)
+    check_history(history)
+    entries = [(index, entry) for index, entry in enumerate(history) if entry.get("kind") == "prune"]
+    # Every operation is checked before any channel goes (pruning keeps module names and types).
+    modules = dict(model.named_modules())
+    for index, entry in entries:
+        for operation in entry.get("ops", []):
+            if not (
+                isinstance(operation, (list, tuple)) and len(operation) == 3 and operation[1] in ("out", "in", "param")
+            ):
+                raise ValueError(
+                    f"`history[{index}]` holds the operation {operation!r}; each must be [module_name, 'out' | 'in', "
+                    "removed_indices] or [parameter_name, 'param', removed_indices]. Pass the history prune_ "
+                    "returned unchanged."
+                )
+            name = operation[0]
+            if operation[1] == "param":
+                _parameter_holder(model, index, name)
                 continue
             if name not in modules:
                 raise ValueError(
                     f"`history[{index}]` prunes module {name!r}, which the model does not have. Replay the "
                     "history on a model built like the one that was pruned."
                 )
-            module = modules[name]
-            pruner = pruner_for(module)
-            if pruner is None:
+            if pruner_for(modules[name]) is None:
                 raise ValueError(
-                    f"`history[{index}]`: module {name!r} ({type(module).__name__}) cannot be pruned."
+                    f"`history[{index}]`: module {name!r} ({type(modules[name]).__name__}) cannot be pruned. "
+                    "Replay the history on a model built like the one that was pruned."
                 )
-            function = pruner.prune_out_channels if direction == "out" else pruner.prune_in_channels
-            function(module, list(removed))
+    ties = tied_parameters(model)
+    for index, entry in entries:
+        dims = entry.get("parameter_dims", {})
+        for name, direction, removed in entry.get("ops", []):
+            if direction == "param":
+                _prune_parameter(model, index, name, int(dims.get(name, -1)), removed)
+            else:
+                _slice(modules[name], direction, removed)
         _set_attributes(model, entry.get("attributes", {}))
+        _retie(model, ties)
         expected = entry.get("shapes", {})
         found = pruned_shapes(model, expected)
         expected_parameters = {name: list(shape) for name, shape in entry.get("parameter_shapes", {}).items()}
@@ -532,7 +642,8 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
     return model
 
 
-def _prune_parameter(model: nn.Module, index: int, name: str, dim: int, removed: Sequence[int]) -> None:
+def _parameter_holder(model: nn.Module, index: int, name: str) -> tuple[nn.Module, str, nn.Parameter]:
+    """The module holding the parameter ``name``, its attribute and the parameter (a ValueError naming the fix)."""
     owner_name, _, attribute = name.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
@@ -544,6 +655,11 @@ def _prune_parameter(model: nn.Module, index: int, name: str, dim: int, removed:
             f"`history[{index}]` prunes parameter {name!r}, which the model does not have. Replay the history on a "
             "model built like the one that was pruned."
         )
+    return owner, attribute, old
+
+
+def _prune_parameter(model: nn.Module, index: int, name: str, dim: int, removed: Sequence[int]) -> None:
+    owner, attribute, old = _parameter_holder(model, index, name)
     drop = set(int(i) for i in removed)
     keep = torch.tensor([i for i in range(old.shape[dim]) if i not in drop], dtype=torch.long, device=old.device)
     setattr(owner, attribute, nn.Parameter(old.detach().index_select(dim, keep), requires_grad=old.requires_grad))

@@ -1,29 +1,22 @@
-"""Ray Tune integration: :class:`TetraOptSearch` (TetraOpt as a ``ray.tune`` searcher) and the Ray executor.
+"""TetraOptSearch: TetraOpt as a ``ray.tune`` searcher.
 
 ``TetraOptSearch`` plugs TetraOpt into ``ray.tune.Tuner`` so a study runs over a Ray cluster;
-``TetraOptTuner(..., executor="ray")`` uses it to run the tuner's own trials (one fresh ``Trainer.fit`` each)
-as Ray Tune trials, recorded in the tuner's Optuna storage like local trials.
+``TetraOptTuner(..., executor="ray")`` uses it (``tuner/_ray_backend.py``) to run the tuner's own trials (one fresh
+``Trainer.fit`` each) as Ray Tune trials, recorded in the tuner's Optuna storage like local trials.
 
 Ray is an optional dependency: ``pip install 'tetra-lightning[ray]'``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
 import pickle
-import re
-import time
-import traceback
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
-    import ray
-    from ray import tune
+    from ray.tune.result import DEFAULT_METRIC
     from ray.tune.search import Searcher
     from ray.tune.search.sample import Categorical as _RayCategorical
     from ray.tune.search.sample import Domain as _RayDomain
@@ -37,26 +30,18 @@ except ImportError as _error:  # pragma: no cover - exercised only without the e
     ) from _error
 
 from tetra_lightning.optim import Dimension, SearchSpace, TetraOpt, as_space
+from tetra_lightning.tuner.observation import finite_or_none
 
-if TYPE_CHECKING:  # pragma: no cover
-    import optuna
-
-    from tetra_lightning.tuner.tuner import TetraOptTuner
-
-__all__ = ["TetraOptSearch", "fit_on_ray"]
+__all__ = ["TetraOptSearch"]
 
 log = logging.getLogger("tetra_lightning.tuner")
 
 _STATE_VERSION = 1
-# Keys every Ray trial of TetraOptTuner(executor="ray") reports next to the monitor.
-STATUS_KEY = "tetra_status"
-ERROR_KEY = "tetra_error"
-TRACEBACK_KEY = "tetra_traceback"
-EPOCHS_KEY = "tetra_epoch_values"
-DURATION_KEY = "tetra_duration_s"
-EXCEPTION_KEY = "tetra_exception"  # base64 pickle of an exception that `catch` does not cover
 _RESERVED_OPTIMIZER_KEYS = ("space", "budget", "seed", "direction")
 _QUEUED, _WAIT, _FINISHED = "queued", "wait", "finished"
+# What Ray Tune puts in `param_space` in place of a non-primitive value, ("__ref_ph" | "__fn_ph", hash): the
+# TOKENs of _RefResolver and _FunctionResolver in ray/tune/impl/placeholder.py (a test checks they still are).
+RAY_PLACEHOLDER_TOKENS = ("__ref_ph", "__fn_ph")
 
 
 class TetraOptSearch(Searcher):
@@ -80,13 +65,17 @@ class TetraOptSearch(Searcher):
 
     Args:
         space: ``{name: Categorical | Int | Float}`` (``tetra_lightning.optim`` dimensions) or a
-            ``SearchSpace``; ``None`` takes the dimensions from the Tuner's ``param_space``. Ray Tune sampling
+            ``SearchSpace``. Pass it here when the searcher runs in ``ray.tune.Tuner``: Ray Tune replaces the
+            non-primitive values of ``param_space`` by placeholders before a searcher sees them, so dimensions
+            put there cannot reach the searcher (``set_search_properties`` then raises, before any trial).
+            ``None`` waits for dimensions passed to :meth:`set_search_properties` directly. Ray Tune sampling
             domains (``tune.uniform``, ``tune.choice``, ...) are refused: TetraOpt searches finite grids.
         metric: the reported metric to optimize; ``None`` takes ``TuneConfig(metric=...)``.
         mode: ``"max"`` or ``"min"``; ``None`` takes ``TuneConfig(mode=...)``.
         budget: trials to propose (``None``: until Ray's ``num_samples`` or the grid runs out).
         seed: seed of TetraOpt.
-        points_to_evaluate: configs to run first (each must lie on the grid), e.g. a known good default.
+        points_to_evaluate: configs to run first, e.g. a known good default; each value must be a grid value
+            (a float equal to one up to rounding noise is taken as that grid value).
         max_concurrent: trials running at once (``None``: as ``max_concurrent_trials`` says, else one batch
             point per request).
         max_failures: when given, failed trials do not use the budget and at most this many are run.
@@ -165,7 +154,7 @@ class TetraOptSearch(Searcher):
     # ------------------------------------------------------------------ state
     @property
     def space(self) -> SearchSpace | None:
-        """The search space (``None`` until given by ``space`` or the Tuner's ``param_space``)."""
+        """The search space (``None`` until given by ``space`` or :meth:`set_search_properties`)."""
         return self._space
 
     @property
@@ -205,19 +194,31 @@ class TetraOptSearch(Searcher):
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
     ) -> bool:
-        """Takes ``metric``/``mode`` from ``TuneConfig`` and the dimensions from the Tuner's ``param_space``.
+        """Takes ``metric``/``mode`` from ``TuneConfig`` and the Tuner's ``param_space`` as ``config``.
 
-        Constants in ``param_space`` pass through to every trial's config; ``tetra_lightning.optim``
-        dimensions there define the space when the searcher has none.
+        Constants in ``param_space`` pass through to every trial's config. ``tetra_lightning.optim``
+        dimensions in ``config`` define the space when the searcher has none; Ray's Tuner itself cannot pass
+        them (it replaces non-primitive values by placeholders first), so there give ``TetraOptSearch(space=)``.
 
         Raises:
             TypeError: when ``param_space`` holds Ray Tune sampling domains.
-            ValueError: when ``metric``/``mode`` differ from the searcher's own, or both the searcher and
-                ``param_space`` define a (different) space.
+            ValueError: when ``metric``/``mode`` differ from the searcher's own, both the searcher and
+                ``param_space`` define a (different) space, or neither defines one.
         """
         config = dict(config or {})
         _reject_ray_domains(config, "param_space")
         dims = {name: value for name, value in config.items() if isinstance(value, Dimension)}
+        if not dims and self._space is None:
+            replaced = sorted(name for name, value in config.items() if _is_ray_placeholder(value))
+            cause = (
+                f"Ray Tune replaces the non-primitive values of `param_space` (here {replaced}) by placeholders "
+                "before a searcher sees them, so tetra_lightning dimensions cannot be passed there"
+                if replaced else f"`param_space` holds only constants ({sorted(config)})"
+            )
+            raise ValueError(
+                f"TetraOptSearch has no search space: {cause}. Pass the dimensions as "
+                "`TetraOptSearch(space={'x': Int(0, 9), ...})` and keep only constants in `param_space`."
+            )
         if dims:
             if self._space is None:
                 self._set_space(dims, "param_space")
@@ -267,7 +268,7 @@ class TetraOptSearch(Searcher):
         if params is None:
             log.debug("TetraOptSearch: ignoring the completion of unknown trial %s.", trial_id)
             return
-        value = None if error or not result else _finite(result.get(str(self._metric)))
+        value = None if error or not result else finite_or_none(result.get(str(self._metric)))
         assert self._optimizer is not None
         self._optimizer.tell([params], [value])
         self._initial_keys.discard(self._optimizer.space.to_index(params))
@@ -295,7 +296,7 @@ class TetraOptSearch(Searcher):
         assert self._optimizer is not None
         if value is None and intermediate_values:
             value = intermediate_values[-1]
-        self._optimizer.tell([dict(parameters)], [None if error else _finite(value)])
+        self._optimizer.tell([dict(parameters)], [None if error else finite_or_none(value)])
 
     def save(self, checkpoint_path: str) -> None:
         """Pickles the optimizer, the queue and the running trials to ``checkpoint_path``."""
@@ -352,9 +353,18 @@ class TetraOptSearch(Searcher):
             except (KeyError, ValueError) as error:
                 raise ValueError(f"`points_to_evaluate[{number}]` = {point!r} is not a point of the space: "
                                  f"{error}") from None
+            grid_point = self._space.from_index(key)
+            for name, index in zip(self._space.names, key, strict=True):
+                if not _same_value(point[name], grid_point[name]):
+                    nearest = _neighbours(self._space[name], name, index, point[name])
+                    raise ValueError(
+                        f"`points_to_evaluate[{number}]` = {point!r} is not on the grid: {name}={point[name]!r} "
+                        f"lies between grid values; the nearest are {nearest}. Use one of them."
+                    )
             if key in self._initial_keys:
                 raise ValueError(f"`points_to_evaluate[{number}]` = {point!r} repeats an earlier point; remove it.")
             self._initial_keys.add(key)
+            self._initial[number] = {**point, **grid_point}  # the grid values themselves, not a rounding of them
 
     def _ensure_optimizer(self) -> None:
         if self._optimizer is not None:
@@ -370,8 +380,6 @@ class TetraOptSearch(Searcher):
                 "TetraOptSearch or to `TuneConfig`."
             )
         if self._metric is None:
-            from ray.tune.result import DEFAULT_METRIC
-
             self._metric = DEFAULT_METRIC  # as Ray's searchers do when only a mode is given
         direction = "maximize" if self._mode == "max" else "minimize"
         self._optimizer = TetraOpt(self._space, budget=None, seed=self._seed, direction=direction,
@@ -421,12 +429,26 @@ def _check_optional_int(name: str, value: Any, example: str) -> None:
         raise ValueError(f"`{name}` must be >= 1, got {value}. Pass e.g. `{example}`.")
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+def _same_value(given: Any, grid_value: Any) -> bool:
+    """Whether ``given`` is ``grid_value``, up to float rounding noise (``0.1 + 0.2`` is the grid's ``0.3``)."""
+    if isinstance(given, (int, float)) and isinstance(grid_value, (int, float)) and not isinstance(given, bool):
+        return math.isclose(given, grid_value, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(given == grid_value)
+
+
+def _neighbours(dimension: Dimension, name: str, index: int, value: Any) -> str:
+    """The grid values on either side of an off-grid ``value`` nearest to grid point ``index``."""
+    nearest = dimension.value(index)
+    other = index + 1 if float(value) > float(nearest) else index - 1
+    if not 0 <= other < dimension.size:
+        return f"{name}={nearest!r}"
+    low, high = sorted((index, other))
+    return f"{name}={dimension.value(low)!r} or {name}={dimension.value(high)!r}"
+
+
+def _is_ray_placeholder(value: Any) -> bool:
+    """Whether ``value`` is what Ray Tune put in ``param_space`` in place of a non-primitive object."""
+    return isinstance(value, tuple) and len(value) == 2 and value[0] in RAY_PLACEHOLDER_TOKENS
 
 
 def _dimension_hint(domain: Any) -> str:
@@ -437,8 +459,8 @@ def _dimension_hint(domain: Any) -> str:
         return f"Int({domain.lower}, {domain.upper - 1})"
     if isinstance(domain, _RayFloat):
         log_scale = ", log=True" if isinstance(domain.get_sampler(), _RayLogUniform) else ""
-        return f"Float({domain.lower}, {domain.upper}{log_scale}, grid=16)"
-    return "Float(low, high, grid=16)"
+        return f"Float({domain.lower}, {domain.upper}{log_scale})"
+    return "Float(low, high)"
 
 
 def _reject_ray_domains(space: Mapping[str, Any], argument: str) -> None:
@@ -454,307 +476,3 @@ def _reject_ray_domains(space: Mapping[str, Any], argument: str) -> None:
                 f"`{argument}[{name!r}]` is a Ray Tune grid_search; TetraOptSearch searches the grid itself. Use "
                 f"`{name!r}: Categorical({list(value['grid_search'])!r})` from tetra_lightning.optim instead."
             )
-
-
-# --------------------------------------------------- TetraOptTuner on Ray
-class _StudySearch(TetraOptSearch):
-    """TetraOptSearch that mirrors its trials into the tuner's Optuna study: a RUNNING trial when Ray gets the
-    config, told (values, curve, failure reason) when Ray reports the trial finished."""
-
-    def __init__(self, tuner: TetraOptTuner, study: optuna.Study, *, budget: int, max_failures: int,
-                 bar: Any = None) -> None:
-        super().__init__(tuner.search_space, metric=tuner.monitor, mode=tuner.mode, budget=budget,
-                         seed=tuner.seed, max_concurrent=tuner.n_jobs, max_failures=max_failures,
-                         **tuner.optimizer_kwargs)
-        self._tuner = tuner
-        self._study = study
-        self._bar = bar
-        self._open: dict[str, int] = {}  # ray trial id -> optuna trial id
-        self._heartbeats: dict[str, Any] = {}  # ray trial id -> Heartbeat of its optuna trial
-        self._numbers: dict[str, int] = {}  # ray trial id -> optuna trial number
-        self._waiting: dict[tuple[int, ...], list[int]] = {}  # grid point -> WAITING (enqueued) optuna trial ids
-        self.abort_error: BaseException | None = None  # an exception `catch` does not cover: stop and re-raise
-        self._resume_from_study()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Ray pickles the search algorithm with the Tuner; the study and the tuner stay in this process.
-        state = self.__dict__.copy()
-        for key in ("_tuner", "_study", "_bar"):
-            state[key] = None
-        state["_heartbeats"] = {}
-        return state
-
-    def _resume_from_study(self) -> None:
-        from optuna.trial import TrialState
-
-        from tetra_lightning.tuner.sampler import TetraOptSampler
-
-        tuner, study = self._tuner, self._study
-        # the same replay of finished trials as the local sampler (stale failures are not held against a config)
-        sampler = TetraOptSampler(tuner.search_space, seed=tuner.seed, optimizer_kwargs=tuner.optimizer_kwargs)
-        self._optimizer = sampler.build_optimizer(study, tuner.distributions)
-        space = self._optimizer.space
-        evaluated = {space.to_index(entry["params"]) for entry in self._optimizer.history}
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            fixed = trial.system_attrs.get("fixed_params") or {}
-            try:
-                key = space.to_index({name: fixed[name] for name in tuner.distributions})
-            except (KeyError, ValueError):
-                continue
-            if key not in self._waiting and key not in evaluated:
-                self._initial.append(space.from_index(key))
-                self._initial_keys.add(key)
-            self._waiting.setdefault(key, []).append(trial._trial_id)
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
-        if self.abort_error is not None:
-            return Searcher.FINISHED  # running trials finish and are recorded, then fit_on_ray re-raises
-        config = super().suggest(trial_id)
-        if isinstance(config, dict):
-            self._open_trial(trial_id, config)
-        return config
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error)
-        self._close_trial(trial_id, result, error)
-
-    def trial_name(self, trial: Any) -> str:
-        """Ray's name of a trial: ``trial-N`` with N the Optuna trial number (it also names the trial's logs)."""
-        number = self._numbers.get(trial.trial_id)
-        return f"trial-{number}" if number is not None else str(trial.trial_id)
-
-    def close_all(self, reason: str) -> None:
-        """Marks the trials still open in the study FAIL as interrupted, not as bad configs (Ray stopped before
-        they reported), and queues their params again when the tuner retries stale trials."""
-        from tetra_lightning.tuner import storage
-
-        stale = getattr(storage, "STALE_PREFIX", "stale:")
-        for trial_id in list(self._open):
-            optuna_id = self._open[trial_id]
-            self._close_trial(trial_id, {ERROR_KEY: f"{stale} {reason}"}, True)
-            trial = self._study._storage.get_trial(optuna_id)
-            if self._tuner.retry_stale and trial.params:
-                self._study.enqueue_trial(dict(trial.params), user_attrs={storage.RETRY_OF_KEY: trial.number})
-
-    def _open_trial(self, trial_id: str, config: dict[str, Any]) -> None:
-        from optuna.trial import TrialState, create_trial
-
-        from tetra_lightning.tuner.space import snap_to_distribution
-        from tetra_lightning.tuner.storage import stamp_trial
-        from tetra_lightning.tuner.worker import Heartbeat
-
-        storage = self._study._storage
-        distributions = self._tuner.distributions
-        params = {name: snap_to_distribution(config[name], dist) for name, dist in distributions.items()}
-        key = self._optimizer.space.to_index(config) if self._optimizer is not None else None
-        waiting = self._waiting.get(key) if key is not None else None
-        if waiting:
-            optuna_id = waiting.pop(0)
-            storage.set_trial_state_values(optuna_id, state=TrialState.RUNNING)
-            for name, value in params.items():
-                dist = distributions[name]
-                storage.set_trial_param(optuna_id, name, dist.to_internal_repr(value), dist)
-        else:
-            template = create_trial(state=TrialState.RUNNING, params=params, distributions=distributions)
-            optuna_id = storage.create_new_trial(self._study._study_id, template_trial=template)
-        stamp_trial(storage, optuna_id)
-        # the driver beats for the trial while Ray runs it, so other tuners on the study see it alive
-        heartbeat = Heartbeat(storage, optuna_id)
-        heartbeat.__enter__()
-        self._heartbeats[trial_id] = heartbeat
-        self._open[trial_id] = optuna_id
-        self._numbers[trial_id] = storage.get_trial_number_from_id(optuna_id)
-
-    def _close_trial(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
-        import optuna
-
-        from tetra_lightning.tuner.trial import TrialOutcome
-
-        optuna_id = self._open.pop(trial_id, None)
-        if optuna_id is None:
-            return
-        heartbeat = self._heartbeats.pop(trial_id, None)
-        if heartbeat is not None:
-            heartbeat.__exit__(None, None, None)
-        result = dict(result or {})
-        status = result.get(STATUS_KEY)
-        value = _finite(result.get(self._tuner.monitor))
-        if status == "error" and self.abort_error is None:
-            self.abort_error = _load_exception(result.get(EXCEPTION_KEY), str(result.get(ERROR_KEY)))
-        if error or status not in ("complete", "pruned") or value is None:
-            reason = result.get(ERROR_KEY) or ("the Ray trial raised an error" if error else
-                                               f"the Ray trial reported no finite {self._tuner.monitor!r}")
-            outcome = TrialOutcome("failed", error=str(reason), traceback=str(result.get(TRACEBACK_KEY) or ""))
-        else:
-            outcome = TrialOutcome(status, value=value)
-        try:
-            epochs = json.loads(result.get(EPOCHS_KEY) or "{}")
-            outcome.epoch_values = {int(k): float(v) for k, v in epochs.items()}
-        except (TypeError, ValueError):
-            pass
-        outcome.duration_s = float(result.get(DURATION_KEY) or 0.0)
-        self._tuner._tell(self._study, optuna.trial.Trial(self._study, optuna_id), outcome)
-        if self._bar is not None:
-            self._bar.update(1 if outcome.status != "failed" else 0)
-            if math.isfinite(self.best_value):
-                self._bar.set_postfix({f"best {self._tuner.monitor}": f"{self.best_value:.4g}"})
-
-
-def _ray_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
-    """One Ray Tune trial of TetraOptTuner: the same ``run_trial`` as the local path, reported to Ray."""
-    from tetra_lightning.tuner.trial import TrialOutcome, run_trial
-
-    if payload["quiet"]:
-        for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    match = re.fullmatch(r"trial-(\d+)", tune.get_context().get_trial_name() or "")
-    number = int(match.group(1)) if match else 0
-    fit_args = payload["fit_args"]
-    params = {name: config[name] for name in payload["names"]}
-    bug = False
-    try:
-        outcome = run_trial(
-            params,
-            monitor=payload["monitor"],
-            mode=payload["mode"],
-            objective=payload["objective"],
-            study_name=payload["study_name"],
-            trial_number=number,
-            **fit_args,
-        )
-    except Exception as error:  # model_fn misuse (no LightningModule): a bug, raised by the driver as locally
-        bug = True
-        outcome = TrialOutcome(
-            "failed",
-            error=f"{type(error).__name__}: {error}",
-            traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
-            exception=error,
-        )
-    status: str = outcome.status
-    exception = ""
-    if status == "failed" and (bug or not isinstance(outcome.exception, payload["catch"])):
-        # reported, not raised: the driver records the trial with its traceback, stops the search and raises it
-        status = "error"
-        exception = _dump_exception(outcome.exception)
-    tune.report({
-        # a failed trial reports NaN: Ray requires the metric in every result, the searcher reads NaN as failed
-        payload["monitor"]: outcome.value if outcome.value is not None else math.nan,
-        STATUS_KEY: status,
-        EXCEPTION_KEY: exception,
-        ERROR_KEY: outcome.error or "",
-        TRACEBACK_KEY: outcome.traceback or "",
-        EPOCHS_KEY: json.dumps({str(k): v for k, v in outcome.epoch_values.items()}),
-        DURATION_KEY: outcome.duration_s,
-    })
-
-
-def _dump_exception(error: BaseException | None) -> str:
-    try:
-        return base64.b64encode(pickle.dumps(error)).decode("ascii")
-    except Exception:  # noqa: BLE001 - an unpicklable exception is re-raised as a RuntimeError with its text
-        return ""
-
-
-def _load_exception(data: Any, text: str) -> BaseException:
-    try:
-        error = pickle.loads(base64.b64decode(data))
-        if isinstance(error, BaseException):
-            return error
-    except Exception:  # noqa: BLE001 - see _dump_exception
-        pass
-    return RuntimeError(text)
-
-
-def _trial_resources(trainer_kwargs: Mapping[str, Any]) -> dict[str, float]:
-    """One CPU per trial, plus the GPUs its Trainer will use when the cluster has GPUs."""
-    gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
-    accelerator = trainer_kwargs.get("accelerator", "auto")
-    devices = trainer_kwargs.get("devices")
-    gpus = 0
-    if gpus_in_cluster and accelerator in ("auto", "gpu", "cuda"):
-        gpus = devices if isinstance(devices, int) and devices > 0 else 1
-    return {"cpu": 1, "gpu": gpus}
-
-
-def _storage_path(tuner: TetraOptTuner) -> str | None:
-    """Ray's results go next to a SQLite study (``<db folder>/ray_results``), else to Ray's default."""
-    url = getattr(tuner.storage, "url", tuner.storage)  # an RDBStorage, a URL or None
-    if isinstance(url, str) and url.startswith("sqlite:///") and ":memory:" not in url:
-        return str(Path(url[len("sqlite:///"):]).resolve().parent / "ray_results")
-    return None
-
-
-def fit_on_ray(
-    tuner: TetraOptTuner,
-    study: optuna.Study,
-    fit_args: dict[str, Any],
-    *,
-    done: int,
-    failures_left: int,
-) -> None:
-    """Runs up to ``slots`` more trials of ``tuner`` as Ray Tune trials driven by :class:`TetraOptSearch`.
-
-    Every trial is the tuner's ``run_trial`` (a fresh ``Trainer.fit``) in a Ray worker with one CPU (and one
-    GPU when the cluster has GPUs and ``trainer_kwargs`` asks for none other); at most ``tuner.n_jobs`` run at
-    once. Each trial is recorded in ``study`` when Ray hands out its config (RUNNING) and told when it
-    finishes, so the result, the log lines and the resume path are those of the local executor. Connects to
-    the running Ray instance (``ray.init(address=...)`` before ``fit``, or ``RAY_ADDRESS``) or starts a local
-    one for the call and stops it afterwards.
-
-    Args:
-        tuner: the tuner (its space, monitor, mode, seed, optimizer arguments, ``catch``, ``n_jobs``).
-        study: the tuner's study, already loaded and cleaned of stale trials.
-        fit_args: what ``TetraOptTuner.fit`` passes to ``run_trial`` (model_fn, data, trainer arguments).
-        done: COMPLETE + PRUNED trials of the study before this call; the call runs until ``tuner.budget``
-            minus the trials that other processes are running.
-        failures_left: failed trials tolerated before the search stops.
-
-    Raises:
-        Exception: a trial's exception when it is not an instance of ``tuner.catch``.
-    """
-    from optuna.trial import TrialState
-
-    from tetra_lightning.tuner.tuner import _progress
-
-    # RUNNING trials here belong to other live tuners (stale ones were failed by `fit`): they will finish
-    slots = tuner.budget - done - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    if slots <= 0 or failures_left <= 0:
-        log.info("Study %r: no trial left to run on Ray (%d finished, %d failures left).", tuner.study_name, done,
-                 failures_left)
-        return
-    started = False
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=not tuner.quiet, configure_logging=False)
-        started = True
-    search: _StudySearch | None = None
-    try:
-        with _progress(tuner.progress_bar, tuner.budget, done, tuner.study_name) as bar:
-            search = _StudySearch(tuner, study, budget=slots, max_failures=failures_left, bar=bar)
-            payload = {
-                "fit_args": fit_args, "monitor": tuner.monitor, "mode": tuner.mode, "objective": tuner.objective,
-                "study_name": tuner.study_name, "catch": tuner.catch, "quiet": tuner.quiet,
-                "names": list(tuner.distributions),
-            }
-            trainable = tune.with_resources(
-                tune.with_parameters(_ray_trial, payload=payload), _trial_resources(fit_args["trainer_kwargs"])
-            )
-            ray_tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=search, num_samples=-1, max_concurrent_trials=tuner.n_jobs, reuse_actors=True,
-                    trial_name_creator=search.trial_name, trial_dirname_creator=search.trial_name,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"{tuner.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                    storage_path=_storage_path(tuner),
-                    verbose=0 if tuner.quiet else 1,
-                ),
-            )
-            ray_tuner.fit()
-        if search.abort_error is not None:
-            raise search.abort_error
-    finally:
-        if search is not None:
-            search.close_all("the Ray run stopped before this trial reported a result")
-        if started:
-            ray.shutdown()

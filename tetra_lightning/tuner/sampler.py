@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
-import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,9 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tetra_lightning.optim import SearchSpace, TetraOpt
+from tetra_lightning.tuner._optuna import fixed_params, set_trial_system_attr
+from tetra_lightning.tuner.observation import PROPOSED_KEY, observations, trial_point
 from tetra_lightning.tuner.space import (
     DEFAULT_FLOAT_GRID,
     as_search_space,
@@ -22,7 +26,6 @@ from tetra_lightning.tuner.space import (
     to_optuna_distributions,
     to_python,
 )
-from tetra_lightning.tuner.storage import is_infrastructure_failure
 
 log = logging.getLogger("tetra_lightning.tuner")
 
@@ -33,18 +36,23 @@ class TetraOptSampler(BaseSampler):
     The params form one joint (relative) search space, discretized to a finite grid: TetraOpt's own
     dimensions when ``search_space`` is given, otherwise the intersection of the params of finished
     trials (continuous floats get ``float_grid`` points, log-spaced for log distributions). For every
-    new trial the sampler rebuilds TetraOpt from the study's finished trials (COMPLETE and PRUNED with
-    their values, FAIL as failed points that are never proposed again; trials that failed because
-    their process died are ignored) and asks it for a point. The sampler therefore holds no state of
-    its own: a resumed study, a second process or a second machine on the same storage all see the
-    same optimizer.
+    new trial the sampler rebuilds TetraOpt from the study's finished trials and asks it for a point,
+    which it stores on the trial (system attribute ``tetra:proposed``). Every finished trial informs
+    TetraOpt (``tetra_lightning.tuner.observation`` has the rules): COMPLETE and PRUNED trials with
+    their values; FAIL trials, ``inf``/``nan`` values and pruned trials that reported nothing as failed
+    points, never proposed again; a param the objective did not suggest (a conditional one) at the
+    value proposed for the trial. Trials whose process died are ignored. The sampler therefore holds no
+    state of its own: a resumed study, a second process or a second machine on the same storage all
+    see the same optimizer.
 
     Parallel workers: a trial asks TetraOpt for a batch of ``1 + (trials running elsewhere)`` points
     and takes the first one no other running trial holds, so workers sharing a storage evaluate
     distinct points of the same batch. (:class:`TetraOptTuner`'s workers, on one machine or many, also
     sample in trial-number order, each once the earlier trials hold their params, so that two trials
     never sample at the same moment from different histories.) Params outside the space (and every param before the space is
-    known) are sampled by ``fallback_sampler`` (a seeded ``RandomSampler``).
+    known) are sampled by ``fallback_sampler`` (a seeded ``RandomSampler``); a param outside a given
+    space whose name resembles an unused name of the space (``X`` for ``x``) gets one warning.
+    Single-objective only: a multi-objective study raises ``ValueError`` before its first trial runs.
 
     Args:
         search_space: ``{name: Categorical | Int | Float}`` or a ``SearchSpace``; the objective must suggest
@@ -58,7 +66,8 @@ class TetraOptSampler(BaseSampler):
         fallback_sampler: sampler for independent params (default ``RandomSampler(seed)``).
 
     Raises:
-        ValueError: for an empty ``search_space`` or a bad ``float_grid``.
+        ValueError: for an empty ``search_space`` or a bad ``float_grid``; at the first trial of a
+            multi-objective study.
 
     Example:
         >>> import optuna
@@ -81,7 +90,7 @@ class TetraOptSampler(BaseSampler):
         fallback_sampler: BaseSampler | None = None,
     ) -> None:
         if isinstance(float_grid, bool) or not isinstance(float_grid, int) or float_grid < 2:
-            raise ValueError(f"`float_grid` must be an int >= 2, got {float_grid!r}. Pass e.g. float_grid=16.")
+            raise ValueError(f"`float_grid` must be an int >= 2, got {float_grid!r}. Pass e.g. float_grid=128.")
         self._space = as_search_space(search_space) if search_space is not None else None
         self._distributions = to_optuna_distributions(self._space) if self._space is not None else None
         self._seed = 0 if seed is None else int(seed)
@@ -94,12 +103,15 @@ class TetraOptSampler(BaseSampler):
         self._fallback = fallback_sampler if fallback_sampler is not None else RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace(include_pruned=True)
         self._warned_exhausted = False
+        self._warned_names: set[tuple[str, str]] = set()
+        self._inferred: tuple[tuple[tuple[str, BaseDistribution], ...], Any] | None = None
 
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()
 
     # ------------------------------------------------------------ search space
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        _check_single_objective(study)
         if self._distributions is not None:
             return dict(self._distributions)
         space: dict[str, BaseDistribution] = {}
@@ -112,21 +124,23 @@ class TetraOptSampler(BaseSampler):
     def _tetra_space(self, search_space: dict[str, BaseDistribution]) -> Any:
         if self._space is not None and set(self._space) == set(search_space):
             return self._space
-        from tetra_lightning.optim import SearchSpace
-
-        return SearchSpace(
+        key = tuple(search_space.items())
+        if self._inferred is not None and self._inferred[0] == key:
+            return self._inferred[1]  # the space of the previous trial: building a log-int grid takes milliseconds
+        space = SearchSpace(
             {name: from_optuna_distribution(dist, self._float_grid) for name, dist in search_space.items()}
         )
+        self._inferred = (key, space)
+        return space
 
     # --------------------------------------------------------------- sampling
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        _check_single_objective(study)
         if not search_space:
             return {}
-        self._raise_error_if_multi_objective(study)
-        fixed = trial.system_attrs.get("fixed_params") or {}
-        if set(search_space) <= set(fixed):
+        if set(search_space) <= set(fixed_params(trial)):
             return {}  # an enqueued trial: its params are given
         # one snapshot for both: read apart, a trial finishing in between would be neither in the history nor
         # busy, and its point could be proposed again
@@ -137,22 +151,54 @@ class TetraOptSampler(BaseSampler):
         free = [p for p in proposals if self._key(p, optimizer.space) not in busy]
         if not free:
             if not self._warned_exhausted:
-                log.warning("TetraOptSampler: the grid is exhausted; sampling the remaining trials at random.")
+                log.warning("TetraOptSampler: every grid point is evaluated or held by a running trial; sampling "
+                            "the next trials at random.")
                 self._warned_exhausted = True
-            return {}
+            return {name: self._fallback.sample_independent(study, trial, name, dist)
+                    for name, dist in search_space.items()}
         chosen = free[min(ahead, len(free) - 1)]
+        # the whole point, for the params the objective may not suggest (a conditional one): the trial still
+        # tells TetraOpt this point, and other workers see it in flight before the trial suggests anything
+        set_trial_system_attr(study, trial, PROPOSED_KEY, {name: to_python(v) for name, v in chosen.items()})
         return {name: snap_to_distribution(chosen[name], dist) for name, dist in search_space.items()}
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        _check_single_objective(study)
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # Optuna's rule for single-objective samplers, enforced before the first trial runs (an inferred space
+        # is empty then, and the trial would run on random params before the second one raised)
+        _check_single_objective(study)
         self._fallback.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._warn_misnamed_params(trial)
         self._fallback.after_trial(study, trial, state, values)
+
+    def _warn_misnamed_params(self, trial: FrozenTrial) -> None:
+        """Warns once per pair when the objective suggests a name outside the space that resembles an unused
+        name of the space: TetraOpt's proposals for the one are lost, the other is sampled at random."""
+        if self._space is None:
+            return
+        unused = {name.lower(): name for name in self._space if name not in trial.params}
+        for name in trial.params:
+            if name in self._space:
+                continue
+            close = difflib.get_close_matches(name.lower(), list(unused), n=1, cutoff=0.8)
+            if not close or (name, unused[close[0]]) in self._warned_names:
+                continue
+            intended = unused[close[0]]
+            self._warned_names.add((name, intended))
+            warnings.warn(
+                f"TetraOptSampler: the objective suggests {name!r}, which is not in its search space, and never "
+                f"suggests the space's {intended!r}: {name!r} is sampled at random and TetraOpt's proposals for "
+                f"{intended!r} go unused. Use one name in both places.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     # ----------------------------------------------------------------- state
     def build_optimizer(self, study: optuna.Study, search_space: dict[str, BaseDistribution],
@@ -167,41 +213,15 @@ class TetraOptSampler(BaseSampler):
         Returns:
             The ``tetra_lightning.optim.TetraOpt``.
         """
-        from tetra_lightning.optim import TetraOpt
-
         space = self._tetra_space(search_space)
         direction = "maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize"
         optimizer = TetraOpt(space, budget=None, seed=self._seed, direction=direction, **self._optimizer_kwargs)
-        params, values = [], []
-        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         if trials is None:
             trials = study.get_trials(deepcopy=False)
-        for past in sorted((t for t in trials if t.state in finished), key=lambda t: t.number):
-            point = self._point(past, search_space, space)
-            if point is None:
-                continue
-            value = _trial_value(past)
-            if past.state == TrialState.FAIL:
-                if is_infrastructure_failure(past):
-                    continue  # the process died (or the trial never ran), not the config: it may be proposed again
-                value = None
-            elif value is None:
-                continue
-            params.append(point)
-            values.append(value)
-        if params:
-            optimizer.tell(params, values)
+        evidence = observations(trials, space)
+        if evidence:
+            optimizer.tell([seen.params for seen in evidence], [seen.value for seen in evidence])
         return optimizer
-
-    def _point(self, trial: FrozenTrial, search_space: dict[str, BaseDistribution], space: Any) -> dict | None:
-        if not set(search_space) <= set(trial.params):
-            return None
-        point = {name: to_python(trial.params[name]) for name in search_space}
-        try:
-            space.to_index(point)
-        except (KeyError, ValueError):
-            return None  # outside the current space (the space changed between sessions)
-        return point
 
     def _key(self, params: Mapping[str, Any], space: Any) -> tuple[int, ...]:
         return tuple(space.to_index(params))
@@ -216,22 +236,19 @@ class TetraOptSampler(BaseSampler):
         for other in trials:
             if other.state not in (TrialState.RUNNING, TrialState.WAITING) or other.number == trial.number:
                 continue
-            params = dict(other.params) or dict(other.system_attrs.get("fixed_params") or {})
-            if set(search_space) <= set(params):
-                try:
-                    busy.add(self._key({n: to_python(params[n]) for n in search_space}, space))
-                except (KeyError, ValueError):
-                    pass
+            point = trial_point(other, space)
+            if point is not None:
+                busy.add(self._key(point, space))
             elif other.state == TrialState.RUNNING and other.number < trial.number:
                 # Created just before this one and still sampling: it will take the first free point.
                 ahead += 1
         return busy, ahead
 
 
-def _trial_value(trial: FrozenTrial) -> float | None:
-    value = trial.value
-    if value is None and trial.intermediate_values:
-        value = trial.intermediate_values[max(trial.intermediate_values)]
-    if value is None or not math.isfinite(float(value)):
-        return None
-    return float(value)
+def _check_single_objective(study: optuna.Study) -> None:
+    if len(study.directions) > 1:
+        raise ValueError(
+            f"TetraOptSampler optimizes one objective, but study {study.study_name!r} has {len(study.directions)} "
+            "(a multi-objective study). Create the study with one `direction`, or use a multi-objective sampler "
+            "such as optuna.samplers.NSGAIISampler."
+        )

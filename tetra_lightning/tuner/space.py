@@ -18,21 +18,16 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from tetra_lightning.optim import Categorical, Dimension, Float, Int, SearchSpace, as_space
+from tetra_lightning.optim.space import MAX_LEVELS
+
 # Points per float axis when a Float has no grid of its own and Optuna gives none either.
-DEFAULT_FLOAT_GRID = 16
+DEFAULT_FLOAT_GRID = MAX_LEVELS
 
 _OPTUNA_CHOICE_TYPES = (type(None), bool, int, float, str)
 
 
-def _optim():
-    # Imported lazily: tetra_lightning.optim is a sibling package and importing it here at module
-    # import would make `import tetra_lightning.tuner` fail for reasons unrelated to the caller.
-    from tetra_lightning import optim
-
-    return optim
-
-
-def as_search_space(search_space: Any) -> Any:
+def as_search_space(search_space: Any) -> SearchSpace:
     """Returns ``search_space`` as a ``tetra_lightning.optim.SearchSpace``.
 
     Args:
@@ -46,7 +41,6 @@ def as_search_space(search_space: Any) -> Any:
         TypeError: for anything else, or a Categorical choice that Optuna cannot store.
         ValueError: for an empty space.
     """
-    optim = _optim()
     if isinstance(search_space, Mapping) and len(search_space) == 0:
         raise ValueError(
             "`search_space` is empty: nothing to tune. Pass at least one parameter, e.g. "
@@ -57,7 +51,7 @@ def as_search_space(search_space: Any) -> Any:
             "`search_space` must be a dict of name -> Categorical/Int/Float or a "
             f"tetra_lightning.optim.SearchSpace, got {type(search_space).__name__}."
         )
-    space = optim.as_space(search_space)
+    space = as_space(search_space)
     for dimension in space.values():
         to_optuna_distribution(dimension)  # fail now, not at the first trial
     return space
@@ -65,8 +59,7 @@ def as_search_space(search_space: Any) -> Any:
 
 def to_optuna_distribution(dimension: Any) -> BaseDistribution:
     """Returns the Optuna distribution that holds every value of one TetraOpt dimension."""
-    optim = _optim()
-    if isinstance(dimension, optim.Categorical):
+    if isinstance(dimension, Categorical):
         choices = tuple(to_python(choice) for choice in dimension.choices)
         bad = [choice for choice in choices if not isinstance(choice, _OPTUNA_CHOICE_TYPES)]
         if bad:
@@ -74,15 +67,27 @@ def to_optuna_distribution(dimension: Any) -> BaseDistribution:
                 f"Categorical choices must be None, bool, int, float or str to be stored in the study, got "
                 f"{bad[0]!r} ({type(bad[0]).__name__}). Use names (e.g. 'relu') and map them in model_fn."
             )
+        merged = [(choices[index], choices[position]) for position, index in enumerate(_optuna_indices(choices))
+                  if index != position]
+        if merged:
+            kept, lost = merged[0]
+            raise ValueError(
+                f"Categorical choices {list(choices)!r} hold {kept!r} and {lost!r}, which compare equal: Optuna's "
+                f"storage cannot tell them apart and would record {lost!r} as {kept!r}. Use choices that differ in "
+                f"value, e.g. names: {[str(choice) for choice in choices]!r}."
+            )
         return CategoricalDistribution(choices)
-    if isinstance(dimension, optim.Int):
-        return IntDistribution(dimension.low, dimension.high, step=dimension.step)
-    if isinstance(dimension, optim.Float):
+    if isinstance(dimension, Int):
+        return IntDistribution(dimension.low, dimension.high, step=dimension.step, log=dimension.log)
+    if isinstance(dimension, Float):
+        if dimension.step is not None:
+            # Optuna's stepped float; its high is the last step (what Optuna would adjust it to, with a warning)
+            return FloatDistribution(dimension.low, dimension.grid[-1], step=dimension.step)
         # The continuous interval: every grid point lies in it, and values from other samplers (random
         # fallback, enqueued trials) snap to the nearest grid point when the optimizer is told them.
         return FloatDistribution(dimension.low, dimension.high, log=dimension.log)
     raise TypeError(
-        f"Search-space entries must be tetra_lightning.optim.Categorical, Int or Float, got "
+        f"Search-space entries must be tetra_lightning.Categorical, Int or Float, got "
         f"{type(dimension).__name__} ({dimension!r}). Write e.g. `Float(1e-4, 1e-1, log=True)`."
     )
 
@@ -92,8 +97,12 @@ def to_optuna_distributions(search_space: Any) -> dict[str, BaseDistribution]:
     return {name: to_optuna_distribution(dim) for name, dim in as_search_space(search_space).items()}
 
 
-def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = DEFAULT_FLOAT_GRID) -> Any:
+def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = DEFAULT_FLOAT_GRID) -> Dimension:
     """Returns the TetraOpt dimension (a discretization) for an Optuna distribution.
+
+    Ints and stepped floats keep their order and step (``Int(..., step=, log=)``, ``Float(..., step=)``: any value
+    of the range snaps to the nearest grid point, and a huge range is never materialized); a continuous float gets
+    ``float_grid`` points.
 
     Args:
         distribution: an Optuna ``FloatDistribution``, ``IntDistribution`` or ``CategoricalDistribution``.
@@ -101,36 +110,39 @@ def from_optuna_distribution(distribution: BaseDistribution, float_grid: int = D
 
     Returns:
         A ``tetra_lightning.optim`` ``Categorical``, ``Int`` or ``Float``.
+
+    Example:
+        >>> from_optuna_distribution(FloatDistribution(0.0, 0.5, step=0.1))
+        Float(0.0, 0.5, step=0.1)
+        >>> from_optuna_distribution(IntDistribution(1, 100, log=True))
+        Int(1, 100, step=1, log=True)
     """
-    optim = _optim()
     if isinstance(distribution, CategoricalDistribution):
-        return optim.Categorical(list(distribution.choices))
+        # Optuna stores a choice by the index of the first choice equal to it (True as 1 in [0, 1, True]): only
+        # those can be evaluated, so TetraOpt searches only those (proposing True would never be recorded)
+        choices = distribution.choices
+        return Categorical([c for i, (c, index) in enumerate(zip(choices, _optuna_indices(choices), strict=True))
+                                  if index == i])
     if distribution.single():
-        return optim.Categorical([distribution.low])
+        return Categorical([distribution.low])
     if isinstance(distribution, IntDistribution):
-        if distribution.log:
-            # A log-int axis is discretized as its log-spaced distinct integers.
-            values = sorted(
-                {
-                    int(round(math.exp(v)))
-                    for v in _linspace(math.log(distribution.low), math.log(distribution.high), float_grid)
-                }
-            )
-            return optim.Categorical(values)
-        return optim.Int(distribution.low, distribution.high, step=distribution.step)
+        return Int(distribution.low, distribution.high, step=distribution.step, log=distribution.log)
     if isinstance(distribution, FloatDistribution):
         if distribution.step is not None:
-            n_points = int(round((distribution.high - distribution.low) / distribution.step)) + 1
-            values = [distribution.low + i * distribution.step for i in range(n_points)]
-            return optim.Categorical([min(v, distribution.high) for v in values])
-        return optim.Float(distribution.low, distribution.high, log=distribution.log, grid=float_grid)
+            return Float(distribution.low, distribution.high, step=distribution.step)
+        return Float(distribution.low, distribution.high, log=distribution.log, grid=float_grid)
     raise TypeError(f"TetraOptSampler cannot discretize {type(distribution).__name__}.")
 
 
-def _linspace(low: float, high: float, n: int) -> list[float]:
-    if n <= 1:
-        return [low]
-    return [low + (high - low) * i / (n - 1) for i in range(n)]
+def _optuna_indices(choices: tuple[Any, ...]) -> list[int]:
+    """The index under which Optuna's ``CategoricalDistribution`` stores each choice: the first equal one's.
+
+    Example:
+        >>> _optuna_indices((0, 1, True, False, "a"))
+        [0, 1, 1, 0, 4]
+    """
+    first: dict[Any, int] = {}
+    return [first.setdefault(choice, position) for position, choice in enumerate(choices)]
 
 
 def to_python(value: Any) -> Any:
@@ -167,6 +179,8 @@ def snap_to_distribution(value: Any, distribution: BaseDistribution) -> Any:
         value = min(max(float(value), distribution.low), distribution.high)
         if distribution.step is not None:
             k = round((value - distribution.low) / distribution.step)
-            value = min(distribution.low + k * distribution.step, distribution.high)
+            # rounded to the step's precision, as Float(step=) writes its grid: 3 steps of 0.1 read 0.3
+            digits = max(0, 12 - math.floor(math.log10(distribution.step)))
+            value = min(round(distribution.low + k * distribution.step, digits), distribution.high)
         return value
     return value

@@ -21,6 +21,8 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tetra_lightning.tuner._optuna import backend_of, stale_trial_ids, storage_of, trial_id_of
+
 log = logging.getLogger("tetra_lightning.tuner")
 
 DEFAULT_STORAGE = "sqlite:///tetra_tune.db"
@@ -70,7 +72,10 @@ def make_storage(
 
     Raises:
         TypeError: when ``storage`` is none of these.
-        ValueError: for a non-positive ``heartbeat_interval`` or ``grace_period``.
+        ValueError: for a non-positive ``heartbeat_interval`` or ``grace_period``, a string that is not a
+            SQLAlchemy URL, an SQLite file in a folder that does not exist, a file that is not an SQLite database
+            or a damaged (e.g. truncated) one.
+        ImportError: for a URL whose database driver is not installed (the message names the package).
 
     Example:
         >>> storage = make_storage("sqlite:///:memory:", heartbeat_interval=5, grace_period=20)
@@ -93,9 +98,108 @@ def make_storage(
     engine_kwargs: dict[str, Any] = {}
     if storage.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 120}}
+        folder = _sqlite_folder(storage)
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(
+                f"`storage` {storage!r} names an SQLite file in the folder {folder!r}, which does not exist. Create "
+                "it first (os.makedirs(folder, exist_ok=True)) or pass a file in an existing folder, e.g. "
+                f"{DEFAULT_STORAGE!r} in the working directory."
+            )
     else:
         engine_kwargs = {"pool_pre_ping": True}
     return _open_rdb(storage, engine_kwargs, heartbeat_interval, grace_period if heartbeat_interval else None)
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of an SQLite URL (``None`` for an in-memory database or a URL SQLAlchemy cannot parse)."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+def _sqlite_folder(url: str) -> str | None:
+    path = _sqlite_path(url)
+    return None if path is None else os.path.dirname(path)
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sqlite_damage(path: str, reported: str) -> str | None:
+    """Why the file at ``path`` is not a usable SQLite database, read from its 100-byte header (``None``: no idea)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except OSError as error:
+        return f"the file cannot be read ({error.strerror})"
+    if size == 0:
+        return None
+    if not header.startswith(_SQLITE_MAGIC):
+        return f"the file is not an SQLite database (it starts with {header[:16]!r})"
+    if len(header) == 100:
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        # The page count in the header is valid when the "version valid for" number equals the change counter.
+        if header[92:96] == header[24:28] and pages * page_size > size:
+            return f"the file is truncated: its header says {pages * page_size} bytes, the file has {size}"
+    return f"the file is damaged (SQLite says: {reported})"
+
+
+def _storage_error(url: str, error: BaseException) -> Exception | None:
+    """A message naming the problem and the fix for an error opening the storage at ``url`` (``None``: keep it)."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return ValueError(
+            f"`storage` must be a SQLAlchemy URL, got {url!r}. Pass e.g. 'sqlite:///tetra_tune.db' (a file in the "
+            "working directory) or 'postgresql://user:password@db-host:5432/tetra'."
+        )
+    shown = parsed.render_as_string(hide_password=True)
+    if isinstance(error, sqlalchemy.exc.NoSuchModuleError):
+        return ValueError(
+            f"`storage` {shown!r}: SQLAlchemy knows no database or driver {parsed.drivername!r}. Spell the database as "
+            "SQLAlchemy does ('sqlite', 'postgresql', 'mysql', ...) and put a driver after a '+', e.g. "
+            "'postgresql+psycopg2://user:password@db-host:5432/tetra' or 'mysql+pymysql://...'."
+        )
+    if isinstance(error, ImportError):
+        cause = error.__cause__ if isinstance(error.__cause__, ImportError) else error
+        module = getattr(cause, "name", None) or parsed.drivername
+        hints = {
+            "mysql": "`pip install pymysql` and write the URL as 'mysql+pymysql://...' (or `pip install mysqlclient` "
+            "for plain 'mysql://')",
+            "postgresql": "`pip install psycopg2-binary` (or name an installed driver, e.g. 'postgresql+psycopg://')",
+        }
+        backend = parsed.get_backend_name()
+        hint = hints.get(backend, f"install the Python driver SQLAlchemy uses for {parsed.drivername!r}")
+        return ImportError(f"`storage` {shown!r} needs the module {module!r}, which is not installed: {hint}.")
+    reported = str(getattr(error, "orig", error))
+    # Only the errors of a file that is not (or no longer) a database; "database is locked" and the like stay.
+    if (
+        isinstance(error, sqlalchemy.exc.DatabaseError)
+        and parsed.get_backend_name() == "sqlite"
+        and any(text in reported for text in ("not a database", "malformed", "unable to open"))
+    ):
+        path = _sqlite_path(url)
+        damage = _sqlite_damage(path, reported) if path is not None and os.path.exists(path) else None
+        if damage is None:
+            return None
+        return ValueError(
+            f"`storage` {shown!r}: {damage}. Pass a new file name to start a study there, or restore the "
+            "database from a backup (`sqlite3 FILE .recover` saves what is left of a damaged one)."
+        )
+    return None
 
 
 def reopen_storage(storage: str | BaseStorage | None) -> str | BaseStorage | None:
@@ -143,6 +247,11 @@ def _open_rdb(
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 + random.random())
+        except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.DatabaseError) as error:
+            explained = _storage_error(url, error)
+            if explained is None:
+                raise
+            raise explained from error
     raise AssertionError("unreachable")
 
 
@@ -157,8 +266,7 @@ def grace_period_of(storage: BaseStorage) -> float | None:
     interval = heartbeat_interval_of(storage)
     if interval is None:
         return None
-    backend = getattr(storage, "_backend", storage)  # a study wraps its RDBStorage in a cache
-    grace = getattr(backend, "grace_period", None)
+    grace = getattr(backend_of(storage), "grace_period", None)  # a study wraps its RDBStorage in a cache
     return float(grace if grace is not None else 2 * interval)
 
 
@@ -280,17 +388,17 @@ def fail_stale_trials(study: optuna.Study, retry: bool = True) -> list[int]:
         >>> fail_stale_trials(study)
         []
     """
-    storage = study._storage
+    storage = storage_of(study)
     reasons: dict[int, str] = {}
-    running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    for trial in running.values():
+    running = {trial_id_of(t): t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    for trial_id, trial in running.items():
         if is_stale(trial):
-            reasons[trial._trial_id] = (
+            reasons[trial_id] = (
                 f"{STALE_PREFIX} process {trial.system_attrs.get(PID_KEY)} on {trial.system_attrs.get(HOST_KEY)} "
                 "died while the trial was running"
             )
     if heartbeat_interval_of(storage) is not None:
-        for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+        for trial_id in stale_trial_ids(study):
             trial = running.get(trial_id) or storage.get_trial(trial_id)
             reasons.setdefault(trial_id, (
                 f"{STALE_PREFIX} no heartbeat for {grace_period_of(storage):g}s from process "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import gc
+import inspect
 import math
 import time
 import traceback
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
@@ -24,7 +27,15 @@ QUIET_TRAINER_DEFAULTS: dict[str, Any] = {"enable_progress_bar": False, "enable_
 
 
 class TrialFailed(Exception):
-    """A trial that ran but produced no usable objective value (missing monitor, NaN, NaN loss)."""
+    """A trial that ran but produced no usable objective value (NaN monitor, NaN loss)."""
+
+
+class TrialMisconfigured(MisconfigurationException):
+    """A trial failure that every trial would repeat: the monitor is never logged, a Trainer argument does not exist.
+
+    Recorded as a failed trial like any other; the tuner then raises it when no trial of the study has finished
+    yet (the setting, not the config, is wrong), instead of training until ``max_failures``.
+    """
 
 
 @dataclass
@@ -87,6 +98,30 @@ class TrialRecorder(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_values = {int(k): float(v) for k, v in state_dict.get("epoch_values", {}).items()}
         self.nan_reason = state_dict.get("nan_reason")
+
+
+def trainer_arguments() -> list[str]:
+    """The keyword arguments ``lightning.pytorch.Trainer`` accepts, sorted."""
+    parameters = inspect.signature(Trainer.__init__).parameters
+    return sorted(name for name, parameter in parameters.items()
+                  if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD))
+
+
+def unknown_trainer_argument_message(kwargs: Mapping[str, Any], argument: str) -> str | None:
+    """The message for the first key of ``kwargs`` that the Trainer does not accept (``None`` when all are known).
+
+    Example:
+        >>> print(unknown_trainer_argument_message({"max_epoch": 1}, "trainer_kwargs"))  # doctest: +ELLIPSIS
+        `trainer_kwargs` has 'max_epoch', which lightning.pytorch.Trainer does not accept (did you mean 'max_epochs'?)...
+    """
+    accepted = trainer_arguments()
+    unknown = [key for key in kwargs if key not in accepted]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(str(unknown[0]), accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"`{argument}` has {unknown[0]!r}, which lightning.pytorch.Trainer does not accept{hint}. The Trainer "
+            f"accepts {accepted}.")
 
 
 def missing_monitor_message(monitor: str, metrics: Mapping[str, Any]) -> str:
@@ -182,6 +217,9 @@ def build_trainer(
                 f"`trainer_fn(config)` must return a lightning.pytorch.Trainer or a dict of Trainer arguments, "
                 f"got {type(built).__name__}."
             )
+        message = unknown_trainer_argument_message(built, "trainer_fn(config)")
+        if message is not None:
+            raise TrialMisconfigured(message)
         kwargs.update(built)
     callbacks = kwargs.get("callbacks") or []
     if isinstance(callbacks, Callback):
@@ -291,7 +329,7 @@ def run_trial(
             raise TrialFailed(recorder.nan_reason)
         metrics = trainer.callback_metrics
         if monitor not in metrics:
-            raise TrialFailed(missing_monitor_message(monitor, metrics))
+            raise TrialMisconfigured(missing_monitor_message(monitor, metrics))
         last = float(metrics[monitor])
         if not math.isfinite(last):
             raise TrialFailed(f"monitor {monitor!r} is {last} after training")
@@ -324,7 +362,7 @@ def _failed(error: BaseException, start: float) -> TrialOutcome:
     reason = str(error).strip() or type(error).__name__
     if isinstance(error, torch.OutOfMemoryError):
         reason = f"out of memory: {reason.splitlines()[0]}"
-    elif not isinstance(error, TrialFailed):
+    elif not isinstance(error, (TrialFailed, TrialMisconfigured)):
         reason = f"{type(error).__name__}: {reason}"
     return TrialOutcome(
         "failed",

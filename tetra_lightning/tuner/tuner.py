@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+import importlib
+import importlib.util
+import json
 import logging
-import math
 import multiprocessing as mp
-import os
-import pickle
-import signal
-import sys
-import time
-import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import optuna
@@ -22,23 +17,22 @@ from optuna.pruners import BasePruner, MedianPruner, NopPruner
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
+from tetra_lightning.tuner.context import StudyContext, open_study
+from tetra_lightning.tuner.executor import Executor, quiet_logs
+from tetra_lightning.tuner.local import LocalExecutor
+from tetra_lightning.tuner.processes import ProcessExecutor
 from tetra_lightning.tuner.result import TuneResult
-from tetra_lightning.tuner.sampler import TetraOptSampler
 from tetra_lightning.tuner.space import as_search_space, to_optuna_distributions
-from tetra_lightning.tuner.storage import (
-    FAIL_REASON_KEY,
-    TRACEBACK_KEY,
-    fail_stale_trials,
-    make_storage,
-    reopen_storage,
-)
-from tetra_lightning.tuner.trial import TrialOutcome, run_trial
-from tetra_lightning.tuner.worker import Heartbeat, claim_trial, count_config_failures, still_running
+from tetra_lightning.tuner.storage import fail_stale_trials, make_storage, reopen_storage
+from tetra_lightning.tuner.trial import unknown_trainer_argument_message
+from tetra_lightning.tuner.worker import count_config_failures
 
 log = logging.getLogger("tetra_lightning.tuner")
 
 _DIRECTIONS = {"max": "maximize", "min": "minimize"}
-_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+_SPACE_KEY = "tetra:search_space"
+# Ray is an optional extra: its executor module (which imports ray) is imported when `executor="ray"` runs.
+_RAY_EXECUTOR = "tetra_lightning.tuner._ray_backend"
 
 
 class TetraOptTuner:
@@ -97,6 +91,11 @@ class TetraOptTuner:
             model_fn and data are cloudpickled to the Ray workers, trials of one ``fit`` share one TetraOpt (no
             rebuild from the storage per trial) and Ray writes its own trial folders (next to a SQLite study).
             Needs ``pip install 'tetra-lightning[ray]'``.
+
+    Fails fast: ``fit`` raises at once, before training, for a stored study of that name that was tuned over
+    another search space (its trials would mix with the new ones) and for a ``trainer_kwargs`` key the Trainer
+    does not accept; and after the first trial when ``monitor`` was never logged (``TrialMisconfigured``, a
+    ``MisconfigurationException``) unless an earlier trial of the study finished.
 
     Raises:
         ValueError: for an empty search space, a bad mode/objective/budget/n_jobs/executor, or ``pruning`` with
@@ -161,8 +160,6 @@ class TetraOptTuner:
             raise ValueError(f"`executor` must be 'local' or 'ray', got {executor!r}. Use 'ray' to run the trials "
                              "on a Ray cluster.")
         if executor == "ray":
-            import importlib.util
-
             if importlib.util.find_spec("ray") is None:
                 raise ImportError("`executor='ray'` needs Ray Tune: `pip install 'tetra-lightning[ray]'`.")
             if pruning is not False:
@@ -210,39 +207,31 @@ class TetraOptTuner:
             return MedianPruner(n_startup_trials=self.n_warmup_trials, n_warmup_steps=self.n_warmup_epochs)
         return NopPruner()
 
-    def _make_sampler(self, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-        if self.sampler is not None:
-            return self.sampler
-        return TetraOptSampler(
-            self.search_space,
-            seed=self.seed + worker_index,
-            budget=self.budget,
-            optimizer_kwargs=self.optimizer_kwargs,
+    def context(self) -> StudyContext:
+        """What an executor needs of this tuner to open its study and run its trials."""
+        return StudyContext(
+            study_name=self.study_name, storage=self.storage, direction=self.direction,  # type: ignore[arg-type]
+            search_space=self.search_space, distributions=self.distributions, monitor=self.monitor, mode=self.mode,
+            objective=self.objective, budget=self.budget, max_failures=self.max_failures, catch=self.catch,
+            retry_stale=self.retry_stale, pruner=self._pruner(), seed=self.seed,
+            optimizer_kwargs=self.optimizer_kwargs, sampler=self.sampler, n_jobs=self.n_jobs,
+            start_method=self.start_method, progress_bar=self.progress_bar, quiet=self.quiet,
         )
-
-    def _worker_storage(self) -> str | BaseStorage | None:
-        return reopen_storage(self.storage)
 
     def load_study(self, worker_index: int = 0) -> optuna.Study:
         """Creates the study in the storage, or loads it when it exists (the resume path).
 
         Raises:
-            ValueError: when an existing study of that name optimizes in the other direction.
+            ValueError: when an existing study of that name optimizes in the other direction, or holds trials
+                of another search space.
         """
         if self._storage is None or worker_index > 0:
-            storage = make_storage(self.storage if worker_index == 0 else self._worker_storage())
+            storage = make_storage(self.storage if worker_index == 0 else reopen_storage(self.storage))
             if worker_index == 0:
                 self._storage = storage
         else:
             storage = self._storage
-        study = optuna.create_study(
-            storage=storage,
-            study_name=self.study_name,
-            direction=self.direction,
-            sampler=self._make_sampler(worker_index),
-            pruner=self._pruner(),
-            load_if_exists=True,
-        )
+        study = open_study(self.context(), storage, worker_index)
         if study.direction.name.lower() != self.direction:
             raise ValueError(
                 f"Study {self.study_name!r} in this storage was created with direction "
@@ -256,18 +245,31 @@ class TetraOptTuner:
                     "Study %r was tuned on monitor %r, now on %r: values of earlier trials are not comparable.",
                     self.study_name, previous, self.monitor,
                 )
+            self._check_search_space(study)
             study.set_user_attr("tetra:monitor", self.monitor)
-            study.set_user_attr("tetra:search_space", self.search_space.to_dict())
+            study.set_user_attr(_SPACE_KEY, _as_json(self.search_space.to_dict()))
         return study
 
-    def _counts(self, study: optuna.Study) -> dict[TrialState, int]:
-        counts = dict.fromkeys(TrialState, 0)
-        for trial in study.get_trials(deepcopy=False):
-            counts[trial.state] += 1
-        return counts
+    def _check_search_space(self, study: optuna.Study) -> None:
+        stored = study.user_attrs.get(_SPACE_KEY)
+        current = _as_json(self.search_space.to_dict())
+        n_trials = len(study.get_trials(deepcopy=False))
+        if stored is None or n_trials == 0 or _comparable(stored) == _comparable(current):
+            return
+        changed = [name for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]
+        details = "; ".join(
+            f"{name!r}: stored {_describe(stored.get(name))}, now {_describe(current.get(name))}" for name in changed
+        )
+        raise ValueError(
+            f"Study {self.study_name!r} in this storage was tuned over another search space, and its {n_trials} "
+            f"trial(s) would mix with this tuner's: {details}. Pass another `study_name` (or storage) for the new "
+            "space, or the study's own search space to resume it."
+        )
 
-    def _failures(self, study: optuna.Study) -> int:
-        return count_config_failures(study)
+    def _executor(self) -> Executor:
+        if self.executor == "ray":
+            return importlib.import_module(_RAY_EXECUTOR).RayExecutor()
+        return LocalExecutor() if self.n_jobs == 1 else ProcessExecutor()
 
     # -------------------------------------------------------------------- fit
     def fit(
@@ -314,6 +316,9 @@ class TetraOptTuner:
             raise ValueError("Pass either a datamodule or `train_dataloaders`, not both.")
         if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
             raise TypeError(f"`trainer_kwargs` must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}.")
+        unknown = unknown_trainer_argument_message(trainer_kwargs or {}, "trainer_kwargs")
+        if unknown is not None:
+            raise TypeError(unknown)
         fit_args = {
             "model_fn": model_fn,
             "datamodule": datamodule,
@@ -323,189 +328,29 @@ class TetraOptTuner:
             "train_dataloaders": train_dataloaders,
             "val_dataloaders": val_dataloaders,
         }
-        with self._quiet():
+        with quiet_logs(self.quiet):
             study = self.load_study()
             fail_stale_trials(study, retry=self.retry_stale)
-            counts = self._counts(study)
-            done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-            failures_left = self.max_failures - self._failures(study)
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+            failures = count_config_failures(study)
+            failures_left = self.max_failures - failures
             if done >= self.budget:
                 log.info("Study %r already holds %d finished trials (budget %d): nothing to run.",
                          self.study_name, done, self.budget)
             elif failures_left <= 0:
                 log.warning("Study %r already holds %d failed trials (max_failures=%d): nothing to run.",
-                            self.study_name, self._failures(study), self.max_failures)
+                            self.study_name, failures, self.max_failures)
             else:
                 log.info("Study %r: %d finished trials, running up to %d more on %d worker(s).",
                          self.study_name, done, self.budget - done, self.n_jobs)
-                if self.executor == "ray":
-                    from tetra_lightning.tuner.ray import fit_on_ray
-
-                    fit_on_ray(self, study, fit_args, done=done, failures_left=failures_left)
-                elif self.n_jobs == 1:
-                    with _progress(self.progress_bar, self.budget, done, self.study_name) as bar:
-                        self._optimize(study, fit_args, worker_index=0, bar=bar)
-                else:
-                    self._optimize_parallel(study, fit_args, done)
+                self._executor().run(self.context(), study, fit_args, done=done, failures_left=failures_left)
             result = TuneResult.from_study(study, self.monitor, self.mode)
             self._log_summary(result, fit_args["trainer_kwargs"])
         if result.n_complete and result.failures():
             log.info("%d trial(s) failed; see result.trials['user_attrs_fail_reason'].", len(result.failures()))
         return result
 
-    def _optimize(
-        self, study: optuna.Study, fit_args: dict[str, Any], worker_index: int, bar: Any = None,
-        device_index: int | None = None,
-    ) -> None:
-        # The storage is the only coordinator: each trial claims a budget slot there (see tuner/worker.py), so
-        # processes of this tuner, of other tuners and of other machines together run exactly `budget` trials.
-        while True:
-            trial = claim_trial(study, budget=self.budget, distributions=self.distributions,
-                                max_failures=self.max_failures, retry_stale=self.retry_stale)
-            if trial is None:
-                return
-            config = {name: trial.params[name] for name in self.distributions}
-            with Heartbeat(study._storage, trial._trial_id):
-                try:
-                    outcome = run_trial(
-                        config,
-                        monitor=self.monitor,
-                        mode=self.mode,
-                        objective=self.objective,
-                        optuna_trial=trial,
-                        pruning=not isinstance(self._pruner(), NopPruner),
-                        study_name=self.study_name,
-                        trial_number=trial.number,
-                        device_index=device_index,
-                        **fit_args,
-                    )
-                except BaseException as error:  # model_fn misuse, KeyboardInterrupt, SystemExit: record, re-raise
-                    outcome = TrialOutcome(
-                        "failed",
-                        error=f"{type(error).__name__}: {error}",
-                        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
-                        exception=error,
-                    )
-                    self._tell(study, trial, outcome)
-                    raise
-                self._tell(study, trial, outcome)
-            if outcome.status == "failed" and not isinstance(outcome.exception, self.catch):
-                assert outcome.exception is not None
-                raise outcome.exception
-            self._refresh_bar(study, bar)  # study-wide: workers elsewhere finish trials too
-
-    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, outcome: TrialOutcome) -> None:
-        if not still_running(study, trial):
-            # Its heartbeat was silent for the grace period (a stalled process or database): another worker
-            # failed it and queued its params again, so this result would be a second one for the same slot.
-            log.warning("Trial %d was marked dead by another worker while it ran; its %s result is dropped.",
-                        trial.number, outcome.status)
-            return
-        if isinstance(self._pruner(), NopPruner):
-            # Without a pruner nothing reported live: store the learning curve now.
-            for epoch, value in sorted(outcome.epoch_values.items()):
-                if math.isfinite(value):
-                    trial.report(value, step=epoch)
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-        if outcome.status == "failed":
-            trial.set_user_attr(FAIL_REASON_KEY, outcome.error)
-            trial.set_user_attr(TRACEBACK_KEY, outcome.traceback)
-            study.tell(trial, state=TrialState.FAIL)
-            log.warning("Trial %d FAIL in %.1fs: %s | %s", trial.number, outcome.duration_s, outcome.error, params)
-            return
-        if outcome.status == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, outcome.value)
-        best = _best_value(study)
-        log.info(
-            "Trial %d %s %s=%s (best %s) in %.1fs | %s",
-            trial.number, outcome.status.upper(), self.monitor, _fmt(outcome.value),
-            _fmt(best), outcome.duration_s, params,
-        )
-
-    def _optimize_parallel(self, study: optuna.Study, fit_args: dict[str, Any], done: int) -> None:
-        import torch
-
-        method = self.start_method
-        if method is None:
-            forkable = "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized()
-            method = "fork" if forkable else "spawn"
-        context = mp.get_context(method)
-        if method != "fork":
-            try:
-                pickle.dumps((self, fit_args))
-            except Exception as error:  # noqa: BLE001 - turned into an actionable message
-                raise TypeError(
-                    f"n_jobs={self.n_jobs} starts worker processes with 'spawn' here, which needs picklable "
-                    f"model_fn/datamodule/trainer arguments: {error}. Use module-level functions, not lambdas."
-                ) from error
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        use_gpus = gpus > 0 and "devices" not in fit_args["trainer_kwargs"] and fit_args["trainer_kwargs"].get(
-            "accelerator", "auto") in ("auto", "gpu", "cuda")
-        workers = []
-        for index in range(self.n_jobs):
-            device = index % gpus if use_gpus else None
-            process = context.Process(
-                target=_worker_main,
-                args=(self, fit_args, index, device, method == "fork"),
-                name=f"tetra-trial-worker-{index}",
-                daemon=True,
-            )
-            process.start()
-            workers.append(process)
-        try:
-            with _progress(self.progress_bar, self.budget, done, self.study_name) as bar:
-                while any(p.is_alive() for p in workers):
-                    time.sleep(0.5)
-                    self._refresh_bar(study, bar)
-                    if any(p.exitcode not in (None, 0) for p in workers):
-                        break
-                for process in workers:
-                    process.join(timeout=None if all(p.exitcode in (None, 0) for p in workers) else 5)
-                self._refresh_bar(study, bar)
-        finally:
-            for process in workers:
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
-        crashed = [p for p in workers if p.exitcode not in (0, None)]
-        if crashed:
-            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            detail = failed[-1].user_attrs.get(TRACEBACK_KEY, "") if failed else ""
-            raise RuntimeError(
-                f"{len(crashed)} tuner worker process(es) exited with codes {[p.exitcode for p in crashed]}."
-                f" Last failed trial:\n{detail}"
-            )
-
-    def _refresh_bar(self, study: optuna.Study, bar: Any) -> None:
-        if bar is None:
-            return
-        counts = self._counts(study)
-        bar.n = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-        best = _best_value(study)
-        if best is not None:
-            bar.set_postfix({f"best {self.monitor}": f"{best:.4g}"}, refresh=False)
-        bar.refresh()
-
     # ----------------------------------------------------------------- output
-    @contextlib.contextmanager
-    def _quiet(self) -> Iterator[None]:
-        if not self.quiet:
-            yield
-            return
-        previous = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-        optuna_level = optuna.logging.get_verbosity()
-        for name in _QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            yield
-        finally:
-            for name, level in previous.items():
-                logging.getLogger(name).setLevel(level)
-            optuna.logging.set_verbosity(optuna_level)
-
     def _log_summary(self, result: TuneResult, trainer_kwargs: Mapping[str, Any]) -> None:
         loggers = trainer_kwargs.get("logger")
         if loggers is None or isinstance(loggers, bool):
@@ -554,63 +399,33 @@ def log_wandb_summary(result: TuneResult, logger: WandbLogger, study_name: str) 
         run.finish()
 
 
-def _worker_main(
-    tuner: TetraOptTuner, fit_args: dict[str, Any], index: int, device: int | None, forked: bool
-) -> None:
-    import torch
-
-    _die_with_parent()
-    # GNU OpenMP's thread pool does not survive fork: a forked child that runs a parallel region with the
-    # parent's pool deadlocks. One thread per forked worker is safe; spawned workers split the cores.
-    torch.set_num_threads(1 if forked else max(1, (os.cpu_count() or 1) // tuner.n_jobs))
-    if isinstance(tuner._storage, RDBStorage):
-        # A forked child must not touch the parent's pooled database connections (SQLAlchemy's advice).
-        tuner._storage.engine.dispose(close=False)
-    with tuner._quiet():
-        study = tuner.load_study(worker_index=index + 1)
-        tuner._optimize(study, fit_args, worker_index=index, device_index=device)
+def _as_json(value: Any) -> Any:
+    # what a study's user attribute holds after a round trip through the storage (tuples become lists)
+    return json.loads(json.dumps(value))
 
 
-def _die_with_parent() -> None:
-    # Linux only: a worker whose tuner process dies is killed instead of training on as an orphan. SIGKILL,
-    # because Lightning's SIGTERM handler only runs between Python bytecodes; the worker's RUNNING trial is
-    # marked FAIL (stale) and retried by the next `fit`.
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# Keys a dimension's to_dict() gained after studies were stored, with the value the older dimension had.
+_DIMENSION_DEFAULTS = {"int": {"step": 1, "log": False}, "float": {"log": False}}
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, initial: int, name: str) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, initial=initial, desc=f"tuning {name}", unit="trial", dynamic_ncols=True)
-    try:
-        yield bar
-    finally:
-        bar.close()
+def _comparable(space: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored search space with the keys that later versions added filled in, so an older study resumes."""
+    out = {}
+    for name, dimension in _as_json(space).items():
+        if isinstance(dimension, Mapping):
+            dimension = {**_DIMENSION_DEFAULTS.get(str(dimension.get("type")), {}), **dimension}
+        out[name] = dimension
+    return out
 
 
-def _best_value(study: optuna.Study) -> float | None:
-    try:
-        return float(study.best_value)
-    except ValueError:
-        return None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _describe(dimension: Any) -> str:
+    if dimension is None:
+        return "absent"
+    if not isinstance(dimension, Mapping):
+        return repr(dimension)
+    shown = {key: (f"<{len(value)} values>" if isinstance(value, list) and len(value) > 8 else value)
+             for key, value in dimension.items()}
+    return repr(shown)
 
 
 def _check_int(name: str, value: Any, *, minimum: int, example: str) -> None:

@@ -32,6 +32,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tetra_lightning.tuner._optuna import fixed_params, storage_of, suggest, trial_id_of
 from tetra_lightning.tuner.storage import (
     FAIL_REASON_KEY,
     SURPLUS_PREFIX,
@@ -56,14 +57,14 @@ class Heartbeat:
 
     Args:
         storage: the study's storage.
-        trial_id: the storage id of the trial (``trial._trial_id``).
+        trial_id: the storage id of the trial (``_optuna.trial_id_of(trial)``).
 
     Example:
         >>> from optuna.distributions import IntDistribution
         >>> from tetra_lightning.tuner.storage import make_storage
         >>> study = optuna.create_study(storage=make_storage("sqlite:///:memory:", heartbeat_interval=1))
         >>> trial = claim_trial(study, budget=1, distributions={"x": IntDistribution(0, 9)})
-        >>> with Heartbeat(study._storage, trial._trial_id) as beat:
+        >>> with Heartbeat(storage_of(study), trial_id_of(trial)) as beat:
         ...     time.sleep(0.1)
         >>> beat.beats >= 1
         True
@@ -148,7 +149,7 @@ def claim_trial(
         >>> claim_trial(study, budget=1, distributions=dists) is None
         True
     """
-    storage = study._storage
+    storage = storage_of(study)
     interval = heartbeat_interval_of(storage)
     if poll_interval is None:
         poll_interval = min(2.0, max(0.5, interval / 4)) if interval is not None else 1.0
@@ -169,12 +170,12 @@ def claim_trial(
         if n_waiting or done + len(running) + n_waiting < budget:
             trial = _ask(study)
             # Heartbeats from the start: a worker that dies while waiting for its turn is found like any other.
-            with Heartbeat(storage, trial._trial_id):
-                stamp_trial(storage, trial._trial_id)
+            with Heartbeat(storage, trial_id_of(trial)):
+                stamp_trial(storage, trial_id_of(trial))
                 if _within_budget(study, trial, budget):
                     _wait_for_turn(study, trial, distributions, poll_interval, retry_stale)
                     for name, distribution in distributions.items():
-                        trial._suggest(name, distribution)  # what `study.ask(fixed_distributions=...)` does
+                        suggest(trial, name, distribution)
                     return trial
                 _give_back(study, trial, budget)
             continue
@@ -191,7 +192,7 @@ def claim_trial(
 
 def still_running(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Whether the storage still has ``trial`` RUNNING (other workers fail trials whose heartbeat stopped)."""
-    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    return storage_of(study).get_trial(trial_id_of(trial)).state == TrialState.RUNNING
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
@@ -208,10 +209,10 @@ def _within_budget(study: optuna.Study, trial: optuna.Trial, budget: int) -> boo
 
 def _give_back(study: optuna.Study, trial: optuna.Trial, budget: int) -> None:
     reason = f"{SURPLUS_PREFIX} the budget of {budget} trials was claimed by earlier trials"
-    storage = study._storage
+    storage = storage_of(study)
     try:
-        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_KEY, reason)
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id_of(trial), FAIL_REASON_KEY, reason)
+        storage.set_trial_state_values(trial_id_of(trial), state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return
     log.info("Trial %d: %s; given back unrun.", trial.number, reason)
@@ -225,9 +226,9 @@ def _wait_for_turn(
     retry_stale: bool,
 ) -> None:
     """Waits until every earlier RUNNING trial holds its params, so that sampling sees every point in flight."""
-    if set(distributions) <= set(trial._fixed_params):
+    if set(distributions) <= set(fixed_params(trial)):
         return  # a queued trial: its params are given, nothing to sample
-    grace = grace_period_of(study._storage)
+    grace = grace_period_of(storage_of(study))
     started = time.monotonic()
     deadline = started + (grace + poll_interval if grace is not None else 30.0)
     last_cleanup = started
@@ -248,7 +249,7 @@ def _wait_for_turn(
 
 
 def _has_params(trial: FrozenTrial, distributions: Mapping[str, BaseDistribution]) -> bool:
-    known = set(trial.params) | set(trial.system_attrs.get("fixed_params") or {})
+    known = set(trial.params) | set(fixed_params(trial))
     return set(distributions) <= known
 
 
