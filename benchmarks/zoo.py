@@ -247,6 +247,8 @@ def run_isolated(name: str, op: str, timeout: float) -> dict[str, Any]:
 
 
 def _cell(row: dict[str, Any]) -> str:
+    if row.get("not_run"):
+        return "NOT RUN"
     if not row.get("ran"):
         return "FAIL" if "timeout" not in row.get("error", "") else "TIMEOUT"
     ratio = row.get("ratio", row.get("bytes_ratio"))
@@ -290,11 +292,36 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return misses
 
 
+def _not_run(name: str, op: str, budget: float) -> dict[str, Any]:
+    return {"model": name, "op": op, "ran": False, "not_run": True,
+            "error": f"not run: the benchmark's --budget-s {budget:.0f} s was spent before this operation"}
+
+
+def write(out: Path, rows: list[dict[str, Any]], ops: tuple[str, ...], meta: dict[str, Any]) -> None:
+    """Writes the JSON and the markdown table of the rows so far (a stopped run keeps what it measured)."""
+    misses = targets([row for row in rows if not row.get("not_run")])
+    kept = [{key: value for key, value in row.items() if key != "traceback" or not row.get("ran")} for row in rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": kept, "misses": misses}, indent=1))
+    not_run = [f"{row['model']}/{row['op']}" for row in rows if row.get("not_run")]
+    out.with_suffix(".md").write_text(
+        "# Model zoo (benchmarks/zoo.py)\n\n"
+        f"Ran: `{meta['command']}` ({meta['python']}, torch {meta['torch']}, {meta['cpu_count']} CPUs shared, load "
+        f"average {meta['load_average']} at the start, {meta['wall_s']:.0f} s in all).\n\n"
+        "Cell: params ratio (int8: bytes ratio), seconds, peak RSS of the process; NOT RUN: the run's time budget "
+        "was spent first.\n\n" + markdown(rows, ops) + "\n\n## Misses against the targets\n\n"
+        + ("\n".join(f"- {line}" for line in misses) or "none") + "\n"
+        + (f"\n## Not run (time budget)\n\n{', '.join(not_run)}\n" if not_run else "")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--ops", nargs="*", default=list(OPS), choices=list(OPS))
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before an operation is stopped")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall seconds for the whole run; operations not started by then are recorded as not run")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/zoo.json on a full run)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "OP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -303,38 +330,42 @@ def main() -> None:
         return
     full = args.models == list(MODELS) and args.ops == list(OPS)
     out = args.out or (RESULTS / "zoo.json" if full else None)
-    rows = []
+    meta: dict[str, Any] = {
+        "command": "python " + " ".join(["benchmarks/zoo.py", *sys.argv[1:]]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "threads": 2,
+        "batch": BATCH,
+        "target_ratio": TARGET_RATIO,
+        "pruning_ratio": PRUNING_RATIO,
+        "timeout_s": args.timeout,
+        "budget_s": args.budget_s,
+    }
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
     for name in args.models:
         for op in args.ops:
-            row = run_isolated(name, op, args.timeout)
+            spent = time.perf_counter() - start
+            if args.budget_s is not None and spent >= args.budget_s:
+                row = _not_run(name, op, args.budget_s)
+            else:
+                timeout = args.timeout if args.budget_s is None else min(args.timeout, args.budget_s - spent + 1)
+                row = run_isolated(name, op, timeout)
             rows.append(row)
             status = _cell(row) if row.get("ran") else f"FAIL {row.get('error', '')[:120]}"
             print(f"{name:<20} {op:<7} {status}", flush=True)
+            if out is not None:
+                meta["wall_s"] = round(time.perf_counter() - start, 1)
+                write(out, rows, tuple(args.ops), meta)
     table = markdown(rows, tuple(args.ops))
-    misses = targets(rows)
+    misses = targets([row for row in rows if not row.get("not_run")])
     print("\n" + table + "\n")
     print("Misses against the targets:" if misses else "No miss against the targets.")
     for line in misses:
         print("  " + line)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "threads": 2,
-            "batch": BATCH,
-            "target_ratio": TARGET_RATIO,
-            "pruning_ratio": PRUNING_RATIO,
-        }
-        for row in rows:
-            row.pop("traceback", None) if row.get("ran") else None
-        out.write_text(json.dumps({"meta": meta, "rows": rows, "misses": misses}, indent=1))
-        out.with_suffix(".md").write_text(
-            "# Model zoo (benchmarks/zoo.py)\n\nCell: params ratio (int8: bytes ratio), seconds, peak RSS of the "
-            "process.\n\n" + table + "\n\n## Misses against the targets\n\n"
-            + ("\n".join(f"- {line}" for line in misses) or "none") + "\n"
-        )
         print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
