@@ -49,8 +49,8 @@ def test_compress_hits_requested_fraction(config) -> None:
     # The model really shrank by exactly the recorded amount.
     assert sum(p.numel() for p in model.parameters()) == dense_params - before + after
     assert all(isinstance(model.get_submodule(entry["name"]), FactorizedLayer) for entry in replaced)
-    # Convs are all replaced; the Linear head only by the methods that support it.
-    assert len(replaced) == (10 if config.method in ("svd", "tt") else 9)
+    # Convs and the Linear head are all replaced (Tucker and CP factorize linear layers as low-rank products).
+    assert len(replaced) == 10
     json.dumps(history)
 
 
@@ -135,19 +135,26 @@ def test_mapping_only_touches_named_modules_and_filter_fn() -> None:
 
 
 def test_skips_are_recorded() -> None:
-    model = nn.Sequential(
-        nn.Conv2d(4, 8, 3, groups=2),
-        nn.Conv2d(8, 8, 3),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-        nn.Linear(4, 4),
-    )
-    with pytest.warns(UserWarning, match="groups=2"):
-        history = compress_(model, TuckerConfig(rank=0.25))
+    def make() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(4, 8, 3, groups=2),
+            nn.Conv2d(8, 8, 3, groups=8),
+            nn.Conv2d(8, 8, 3),
+            nn.Flatten(),
+            nn.Linear(8, 4),
+            nn.Linear(4, 4),
+        )
+
+    history = compress_(make(), TTConfig(rank=0.25))
     by_name = {entry["name"]: entry for entry in history}
-    assert "groups=2" in by_name["0"]["skipped"]
-    assert "nn.Linear supports" in by_name["3"]["skipped"]
-    assert "skipped" not in by_name["1"]
+    assert "has no grouped form (groups=2)" in by_name["0"]["skipped"]
+    assert "skipped" not in by_name["2"]
+    # Tucker factorizes grouped convs per group and linear layers; a depthwise conv cannot save parameters.
+    history = compress_(make(), TuckerConfig(rank=0.25))
+    by_name = {entry["name"]: entry for entry in history}
+    assert "skipped" not in by_name["0"] and by_name["0"]["spec"]["groups"] == 2
+    assert by_name["1"]["skipped"].startswith("no parameter reduction")
+    assert "skipped" not in by_name["4"] and by_name["4"]["spec"]["class"] == "TuckerLinear"
     json.dumps(history)
 
     with warnings.catch_warnings():
@@ -160,10 +167,13 @@ def test_skips_are_recorded() -> None:
     assert [("skipped" in entry) for entry in history] == [False, True]
 
 
-def test_multihead_attention_is_left_alone() -> None:
+def test_multihead_attention_is_split_then_factorized() -> None:
     model = nn.ModuleDict({"attn": nn.MultiheadAttention(16, 2), "proj": nn.Linear(16, 16)})
     history = compress_(model, SVDConfig(rank=0.25))
-    assert [entry["name"] for entry in history] == ["proj"]
+    assert [entry["name"] for entry in history] == [
+        "attn", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "proj"
+    ]
+    assert history[0]["kind"] == "attention" and isinstance(model["attn"].q_proj, FactorizedLayer)
 
 
 def test_training_mode_and_requires_grad_are_kept() -> None:

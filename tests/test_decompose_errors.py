@@ -93,17 +93,14 @@ def test_default_rank_is_a_quarter() -> None:
 def test_unsupported_layers() -> None:
     with pytest.raises(TypeError, match=r"`layer` must be an nn\.Linear, an nn\.Conv2d or a FactorizedLayer, got LSTM"):
         decompose_layer(nn.LSTM(4, 4), SVDConfig())
-    with pytest.raises(TypeError, match=r"method 'tucker' factorizes nn\.Conv2d kernels only.*Use SVDConfig or TTConfig"):
-        decompose_layer(nn.Linear(8, 8), TuckerConfig())
-    with pytest.raises(TypeError, match=r"method 'cp' factorizes nn\.Conv2d kernels only"):
-        resolve_ranks(nn.Linear(8, 8), CPConfig())
     with pytest.raises(TypeError, match=r"`config` must be a DecompositionConfig"):
         decompose_layer(nn.Linear(8, 8), {"method": "svd"})  # type: ignore[arg-type]
 
 
-def test_grouped_conv_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"grouped nn\.Conv2d \(groups=4\); only groups=1.*`filter_fn`"):
-        decompose_layer(nn.Conv2d(8, 8, 3, groups=4), TuckerConfig())
+def test_tt_on_a_grouped_conv_is_rejected() -> None:
+    # Tucker and CP apply to nn.Linear and to grouped convs now (tests/test_zoo_layers.py); TT has no grouped form.
+    with pytest.raises(TypeError, match=r"method 'tt' has no grouped form \(groups=4\).*Use one of those"):
+        decompose_layer(nn.Conv2d(8, 8, 3, groups=4), TTConfig())
 
 
 @pytest.mark.parametrize(

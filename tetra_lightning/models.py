@@ -2,7 +2,9 @@
 
 :func:`cifar_resnet18` is a plain ``nn.Module``; :class:`DigitsCNN` and :class:`CIFARResNet18` are small
 LightningModules (cross-entropy, Nesterov SGD, cosine schedule) that the demo tunes and compresses and that the
-examples train.
+examples train. :class:`TransformerTextClassifier` and :class:`LSTMTextClassifier` are the small text models of the
+model-zoo benchmark (``benchmarks/zoo.py``): token ids in, class logits out, built only from standard layers
+(``nn.Embedding``, ``nn.TransformerEncoder`` / ``nn.LSTM``, ``nn.Linear``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-__all__ = ["CIFARResNet18", "DigitsCNN", "cifar_resnet18"]
+__all__ = ["CIFARResNet18", "DigitsCNN", "LSTMTextClassifier", "TransformerTextClassifier", "cifar_resnet18"]
 
 
 def cifar_resnet18(num_classes: int = 10, width: float = 1.0) -> nn.Module:
@@ -186,3 +188,90 @@ class CIFARResNet18(_Classifier):
         super().__init__()
         self.save_hyperparameters()
         self.net = cifar_resnet18(num_classes=num_classes, width=width)
+
+
+class TransformerTextClassifier(nn.Module):
+    """Token ids -> embedding + learned positions -> ``nn.TransformerEncoder`` -> mean over tokens -> ``nn.Linear``.
+
+    The encoder layers are PyTorch's own (``nn.TransformerEncoderLayer``, batch first, pre-norm off), so their
+    ``nn.MultiheadAttention`` reads ``out_proj.weight`` directly, as it does in any user's model.
+
+    Args:
+        vocab_size: number of token ids.
+        d_model: embedding and attention width.
+        nhead: attention heads (must divide ``d_model``).
+        num_layers: encoder layers.
+        dim_feedforward: hidden width of each layer's MLP.
+        num_classes: outputs of the classifier.
+        max_len: longest sequence (size of the learned position table).
+        dropout: dropout of the encoder layers.
+
+    Example:
+        >>> model = TransformerTextClassifier(vocab_size=100, d_model=32, nhead=4, num_layers=1).eval()
+        >>> model(torch.randint(0, 100, (2, 12))).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 1000,
+        d_model: int = 128,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: int = 512,
+        num_classes: int = 10,
+        max_len: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.positions = nn.Parameter(torch.randn(1, max_len, d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward=dim_feedforward, dropout=dropout, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.embedding(tokens) + self.positions[:, : tokens.shape[1]]
+        return self.head(self.encoder(x).mean(dim=1))
+
+
+class LSTMTextClassifier(nn.Module):
+    """Token ids -> embedding -> ``nn.LSTM`` (batch first) -> last layer's final hidden state -> ``nn.Linear``.
+
+    Args:
+        vocab_size: number of token ids.
+        embedding_dim: width of the token embedding.
+        hidden_size: hidden state of the LSTM.
+        num_layers: stacked LSTM layers.
+        num_classes: outputs of the classifier.
+        bidirectional: run a second LSTM backwards (the classifier then reads both final states).
+
+    Example:
+        >>> model = LSTMTextClassifier(vocab_size=100, embedding_dim=16, hidden_size=32).eval()
+        >>> model(torch.randint(0, 100, (2, 12))).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 1000,
+        embedding_dim: int = 128,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        num_classes: int = 10,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(
+            embedding_dim, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=bidirectional
+        )
+        directions = 2 if bidirectional else 1
+        self.head = nn.Linear(directions * hidden_size, num_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        _, (hidden, _) = self.lstm(self.embedding(tokens))
+        directions = 2 if self.lstm.bidirectional else 1
+        return self.head(torch.cat(list(hidden[-directions:]), dim=-1))

@@ -19,7 +19,7 @@ from tetra_lightning.callbacks._staged import (
     StageSchedule,
     format_summary,
 )
-from tetra_lightning.decompose import FactorizedLayer, compress_, recompose_
+from tetra_lightning.decompose import FactorizedLayer, compress_, recompose_, unfuse_
 from tetra_lightning.decompose.allocation import (
     ALLOCATIONS,
     allocate_ranks,
@@ -27,6 +27,8 @@ from tetra_lightning.decompose.allocation import (
     compressible_layers,
     fisher_weights,
 )
+from tetra_lightning.decompose.methods import DENSE_LAYERS
+from tetra_lightning.decompose.unfuse import FUSED_MODULES
 from tetra_lightning.report import ModelReport
 
 __all__ = ["TensorCompressionCallback"]
@@ -42,8 +44,10 @@ class TensorCompressionCallback(StagedRewriteCallback):
     """Decomposes the model's layers mid-training to reach a whole-model compression ratio, then fine-tunes.
 
     The model trains dense for ``start_epoch`` epochs. At the start of epoch ``start_epoch`` (never during the
-    sanity check) the callback allocates ranks across all ``nn.Linear`` / ``nn.Conv2d`` layers so that the whole
-    model has ``target_ratio`` times fewer parameters (all parameters counted, including the layers left dense),
+    sanity check) the callback splits ``nn.MultiheadAttention`` and ``nn.LSTM`` / ``nn.GRU`` modules into their
+    projection layers (:func:`~tetra_lightning.decompose.unfuse_`), allocates ranks across all ``nn.Linear`` /
+    ``nn.Conv1d`` / ``nn.Conv2d`` layers (grouped convs per group) so that the whole model has ``target_ratio``
+    times fewer parameters (all parameters counted, including the layers left dense),
     replaces the layers by factorized ones and keeps training. With ``steps > 1`` the ratio is reached in
     geometric stages, ``target_ratio ** (k / steps)`` at stage ``k``, one every ``epochs_between_steps`` epochs,
     re-decomposing already factorized layers at lower ranks (MUSCO-style iterative compression).
@@ -52,7 +56,9 @@ class TensorCompressionCallback(StagedRewriteCallback):
     each layer's relative squared reconstruction error per parameter saved, estimated from singular values of the
     weight unfoldings; layers where factorizing cannot save parameters (the 3-channel stem, tiny layers) stay
     dense. ``method="auto"`` (the Tetra-AML combination) allocates on the SVD/Tucker-2 envelope, then fits every
-    method in ``auto_methods`` at each layer's budget and keeps the one with the lowest measured error.
+    method in ``auto_methods`` (SVD, Tucker and CP by default; add ``"tt"`` to compare TT too) at each layer's
+    budget and keeps the one with the lowest measured error, for every kind of layer: convs, grouped and
+    depthwise convs, linear layers, attention projections and recurrent gate maps.
 
     After each rewrite the optimizers and LR schedulers are rebuilt through the module's own
     ``configure_optimizers``; the state of untouched parameters and the LR schedule position are carried over.
@@ -246,7 +252,7 @@ class TensorCompressionCallback(StagedRewriteCallback):
         found = [
             name
             for name, module in pl_module.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d, FactorizedLayer))
+            if isinstance(module, (*DENSE_LAYERS, *FUSED_MODULES, FactorizedLayer))
             and (self.filter_fn is None or self.filter_fn(module, name))
         ]
         self.require_layers(
@@ -321,7 +327,8 @@ class TensorCompressionCallback(StagedRewriteCallback):
     def decide_stage(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any
     ) -> StageChange:
-        """Allocates ranks for the stage's ratio and decomposes (this process only)."""
+        """Splits fused modules, allocates ranks for the stage's ratio and decomposes (this process only)."""
+        split = [entry for entry in unfuse_(pl_module, self.filter_fn) if "skipped" not in entry]
         target_total = self._dense[self.ratio_metric] / self.stage_ratio(stage)
         sensitivity = self._sensitivity(pl_module)
         allocation = self.allocation
@@ -358,7 +365,8 @@ class TensorCompressionCallback(StagedRewriteCallback):
                 self.ratio_metric, "Lower `target_ratio`, lower `min_layer_params` or widen `filter_fn`.",
             )
         entries = [entry for entry in compress_(pl_module, configs) if not entry.get("skipped")] if configs else []
-        if not entries:
+        decomposed = [entry for entry in entries if "kind" not in entry]
+        if not decomposed:
             self.warn_unchanged(
                 stage,
                 "factorized",
@@ -367,14 +375,14 @@ class TensorCompressionCallback(StagedRewriteCallback):
                 "dense).",
             )
         rows = []
-        for entry in entries:
+        for entry in decomposed:
             row = {column: entry.get(column) for column in self.table_columns}
             row["stage"] = stage
             row["ranks"] = list(entry.get("ranks") or [])
             if entry["name"] in auto_errors:
                 row["candidates"] = {m: round(e, 6) for m, e in auto_errors[entry["name"]].items()}
             rows.append(row)
-        return StageChange(entries, rows, info)
+        return StageChange(split + entries, rows, info)
 
     def _recompose(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, example: Any

@@ -9,7 +9,9 @@ squared reconstruction error, computed cheaply from singular values of the weigh
   grid is reduced to one path that always lowers the rank whose tail grows least per parameter saved.
 * CP: the Tucker-2 bound at ``(R, R)`` (a rank-``R`` CP kernel has mode ranks at most ``R``). This is optimistic
   (CP-ALS rarely reaches it), so ``method="auto"`` never trusts it: it fits CP and compares measured errors.
-* TT (and anything else): sampled, by decomposing at a few ranks.
+* TT: uniform bond ranks with the TT-SVD bound, the sum of the tail energies of the tensor's unfoldings at each
+  bond (Oseledets 2011).
+* Any other registered method: sampled, by decomposing at a few ranks.
 
 Errors are divided by ``||W||_F^2`` (relative squared error) and multiplied by an optional per-layer weight. The
 allocator then walks the lower convex hulls of all curves greedily, always taking the move with the smallest
@@ -47,9 +49,9 @@ import torch
 from torch import nn
 
 from tetra_lightning.decompose.base import FactorizedLayer
-from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TuckerConfig
+from tetra_lightning.decompose.configs import CPConfig, DecompositionConfig, SVDConfig, TTConfig, TuckerConfig
 from tetra_lightning.decompose.core import _ties_leaving, decompose_layer
-from tetra_lightning.decompose.methods import MethodSpec, factorization, layer_shape
+from tetra_lightning.decompose.methods import DENSE_LAYERS, MethodSpec, factorization, layer_shape
 from tetra_lightning.decompose.ranks import factorized_param_count, resolve_ranks
 from tetra_lightning.report import tied_parameters
 
@@ -156,7 +158,11 @@ def compressible_layers(
     filter_fn: FilterFn | None = None,
     min_layer_params: int = 0,
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Layers that a decomposition may replace: ``nn.Linear``, ``nn.Conv2d`` and existing factorized layers.
+    """Layers that a decomposition may replace: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and factorized layers.
+
+    Grouped and depthwise convs are candidates (factorized per group; a depthwise conv only by CP saves
+    parameters). The projections of split attention and recurrent modules are ``nn.Linear`` layers like any
+    other: call :func:`~tetra_lightning.decompose.unfuse_` first to make them candidates.
 
     Args:
         model: the model (fully qualified names are relative to it).
@@ -184,12 +190,9 @@ def compressible_layers(
         is_factorized = isinstance(module, FactorizedLayer)
         if is_factorized:
             factorized_prefixes.append(name)
-        elif not isinstance(module, (nn.Linear, nn.Conv2d)):
+        elif not isinstance(module, DENSE_LAYERS):
             continue
         if filter_fn is not None and not filter_fn(module, name):
-            continue
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            skipped[name] = f"grouped convolution (groups={module.groups})"
             continue
         held, others = _ties_leaving(name, ties)
         if held:
@@ -198,7 +201,7 @@ def compressible_layers(
         # A factorized layer is judged by the dense layer it stands for: its factors are small after a first
         # stage, and a later stage (iterative compression) must still be able to decompose it further.
         params = layer_shape(module).dense_params if is_factorized else sum(p.numel() for p in module.parameters())
-        if isinstance(module, nn.Conv2d) and module.in_channels <= 4:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.in_channels <= 4:
             skipped[name] = f"input layer with {module.in_channels} channels: too few to factorize"
         elif params < min_layer_params:
             skipped[name] = f"{params} parameters < min_layer_params={min_layer_params}"
@@ -217,6 +220,15 @@ def _dense_weight(layer: nn.Module) -> torch.Tensor:
     return weight.detach().to(device="cpu", dtype=torch.float64)
 
 
+def _blocks(layer: nn.Module, weight: torch.Tensor) -> list[torch.Tensor]:
+    """The 4-D kernel of every group (a Linear: one ``(out, in, 1, 1)``; a Conv1d: ``(out, in, 1, k)``)."""
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    elif weight.dim() == 3:
+        weight = weight[:, :, None, :]
+    return list(weight.chunk(layer_shape(layer).groups, dim=0))
+
+
 def _squared_singular_values(matrix: torch.Tensor) -> torch.Tensor:
     small = matrix if matrix.shape[0] <= matrix.shape[1] else matrix.T
     values = torch.linalg.eigvalsh(small @ small.T).flip(0).clamp_min(0.0)
@@ -233,25 +245,26 @@ def _tail(tails: list[float], rank: int) -> float:
     return tails[min(rank, len(tails) - 1)]
 
 
+def _group_tails(matrices: Sequence[torch.Tensor]) -> list[float]:
+    """Tail energies summed over the groups (each group truncated at the same rank)."""
+    stacked = torch.stack(list(matrices))  # groups have equal shapes: one batched eigen-decomposition
+    if stacked.shape[1] > stacked.shape[2]:
+        stacked = stacked.transpose(1, 2)
+    squared = torch.linalg.eigvalsh(stacked @ stacked.transpose(1, 2)).flip(-1).clamp_min(0.0).sum(0)
+    return _tails(squared)
+
+
 def _count(layer: nn.Module, method: MethodSpec, ranks: tuple[int, ...]) -> int:
     return int(factorized_param_count(layer, method, ranks))
 
 
-def _layer_kind(layer: nn.Module, weight: torch.Tensor) -> str:
-    return "conv" if weight.dim() == 4 else "linear"
-
-
-def _svd_matrix(weight: torch.Tensor) -> torch.Tensor:
-    # SVD factorizes the layer's matrix: (out, in) for Linear, (C_out, C_in*kh*kw) for Conv2d (a kxk conv to the
-    # rank followed by a 1x1 conv).
-    return weight.reshape(weight.shape[0], -1)
-
-
 def _svd_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
-    matrix = _svd_matrix(weight)
-    tails = _tails(_squared_singular_values(matrix))
+    # SVD factorizes each group's matrix: (out, in) for Linear, (C_out, C_in*kh*kw) for a conv (a kxk conv to the
+    # rank followed by a 1x1 conv).
+    matrices = [block.reshape(block.shape[0], -1) for block in _blocks(layer, weight)]
+    tails = _group_tails(matrices)
     options = []
-    for rank in range(1, min(matrix.shape) + 1):
+    for rank in range(1, min(matrices[0].shape) + 1):
         params = _count(layer, SVDConfig, (rank,))
         if params >= limit:
             break
@@ -259,17 +272,24 @@ def _svd_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: in
     return options
 
 
-def _tucker_tails(weight: torch.Tensor) -> tuple[list[float], list[float]]:
-    unfold_out = weight.reshape(weight.shape[0], -1)
-    unfold_in = weight.movedim(1, 0).reshape(weight.shape[1], -1)
-    return _tails(_squared_singular_values(unfold_out)), _tails(_squared_singular_values(unfold_in))
+def _tucker_tails(layer: nn.Module, weight: torch.Tensor) -> tuple[list[float], list[float]]:
+    blocks = _blocks(layer, weight)
+    unfold_out = [block.reshape(block.shape[0], -1) for block in blocks]
+    unfold_in = [block.movedim(1, 0).reshape(block.shape[1], -1) for block in blocks]
+    return _group_tails(unfold_out), _group_tails(unfold_in)
 
 
 def _tucker_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
-    if weight.dim() != 4:
-        return []
-    tails_out, tails_in = _tucker_tails(weight)
+    tails_out, tails_in = _tucker_tails(layer, weight)
     rank_out, rank_in = len(tails_out) - 1, len(tails_in) - 1
+    if weight.dim() == 2:
+        # A matrix's best Tucker-2 has equal ranks and the error of its truncated SVD at that rank.
+        options = []
+        for rank in range(min(rank_out, rank_in), 0, -1):
+            params = _count(layer, TuckerConfig, (rank, rank))
+            if params < limit:
+                options.append(RankOption(TuckerConfig.method, (rank, rank), params, _tail(tails_out, rank) / norm_sq))
+        return options
     options = []
     params = _count(layer, TuckerConfig, (rank_out, rank_in))
     while rank_out >= 1 and rank_in >= 1:
@@ -295,21 +315,47 @@ def _tucker_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit:
 
 
 def _cp_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
-    if weight.dim() == 4:
-        tails_out, tails_in = _tucker_tails(weight)
-    else:
-        tails_out = tails_in = _tails(_squared_singular_values(weight))
+    tails_out, tails_in = _tucker_tails(layer, weight)
+    bound = factorization(CPConfig).rank_bounds(layer_shape(layer), None)[0]
     options = []
-    rank = 1
-    while True:
+    for rank in range(1, bound + 1):
         params = _count(layer, CPConfig, (rank,))
         if params >= limit:
             break
-        error = (_tail(tails_out, rank) + _tail(tails_in, rank)) / norm_sq
-        if weight.dim() != 4:
-            error = _tail(tails_out, rank) / norm_sq
+        if weight.dim() == 2:
+            error = _tail(tails_out, rank) / norm_sq  # the CP of a matrix is its truncated SVD: exact
+        else:
+            error = (_tail(tails_out, rank) + _tail(tails_in, rank)) / norm_sq
         options.append(RankOption(CPConfig.method, (rank,), params, error))
-        rank += 1
+    return options
+
+
+def _tt_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
+    """Uniform TT ranks with the TT-SVD error bound ``sum_k tail_k(r_k)`` (Oseledets 2011, Theorem 2.2).
+
+    ``tail_k`` is the squared truncation error of the ``k``-th unfolding of the full tensor at rank ``r_k``; the
+    TT-SVD error is at most their sum, so the curve needs one eigen-decomposition per bond and no decomposition.
+    """
+    shape = layer_shape(layer)
+    handler = factorization(TTConfig)
+    handler.check_applies(shape)
+    tensor = handler.tensor(weight, shape, None)  # type: ignore[attr-defined]
+    dims = list(tensor.shape)
+    tails = [
+        _tails(_squared_singular_values(tensor.reshape(math.prod(dims[: bond + 1]), -1)))
+        for bond in range(len(dims) - 1)
+    ]
+    bounds = handler.rank_bounds(shape, None)
+    options: list[RankOption] = []
+    for uniform in range(1, max(bounds) + 1):
+        ranks = tuple(min(uniform, bound) for bound in bounds)
+        if options and ranks == options[-1].ranks:
+            break
+        params = _count(layer, TTConfig, ranks)
+        if params >= limit:
+            break
+        error = sum(_tail(bond_tails, rank) for bond_tails, rank in zip(tails, ranks, strict=True)) / norm_sq
+        options.append(RankOption(TTConfig.method, ranks, params, min(error, 1.0)))
     return options
 
 
@@ -338,6 +384,7 @@ _ANALYTIC_CURVES: dict[type[DecompositionConfig], CurveFn] = {
     SVDConfig: _svd_curve,
     TuckerConfig: _tucker_curve,
     CPConfig: _cp_curve,
+    TTConfig: _tt_curve,
 }
 
 
@@ -345,8 +392,8 @@ def layer_error_curve(layer: nn.Module, method: MethodSpec) -> list[RankOption]:
     """All options of one method for one layer that save parameters, with estimated relative squared errors.
 
     Args:
-        layer: ``nn.Linear``, ``nn.Conv2d`` or a factorized layer (then its current dense weight is the
-            reference and only options smaller than its current parameter count are listed).
+        layer: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or a factorized layer (then its current dense weight
+            is the reference and only options smaller than its current parameter count are listed).
         method: ``"svd"``, ``"tucker"``, ``"cp"`` or ``"tt"`` (or a config class).
 
     Returns:
@@ -371,7 +418,7 @@ def layer_error_curve(layer: nn.Module, method: MethodSpec) -> list[RankOption]:
             return curve(layer, weight, norm_sq, limit)
         return _sampled_curve(layer, config_class, limit)
     except (TypeError, ValueError):
-        # The method does not support this layer type (e.g. Tucker-2 of a Linear layer).
+        # The method does not support this layer (e.g. TT of a grouped conv).
         return []
 
 
@@ -660,6 +707,23 @@ def allocate_ranks(
     )
 
 
+def _option_at_budget(layer: nn.Module, method: MethodSpec, budget: int) -> RankOption | None:
+    """The largest uniform ranks of ``method`` whose parameter count fits ``budget`` (error not estimated)."""
+    config_class = factorization(method).config_class
+    params = sum(p.numel() for p in layer.parameters())
+    fraction = min(1.0, budget / max(params, 1))
+    try:
+        ranks = tuple(int(r) for r in resolve_ranks(layer, config_class(rank=fraction)))
+        while _count(layer, config_class, ranks) > budget and max(ranks) > 1:
+            ranks = tuple(max(1, r - 1) for r in ranks)
+        count = _count(layer, config_class, ranks)
+    except (TypeError, ValueError):
+        return None
+    if count > budget or count >= params:
+        return None
+    return RankOption(config_class.method, ranks, count, math.nan)
+
+
 def _best_option_within(options: Sequence[RankOption], budget: int) -> RankOption | None:
     fitting = [o for o in options if o.params <= budget]
     if not fitting:
@@ -674,11 +738,13 @@ def choose_method(
 ) -> tuple[Any, dict[str, float]]:
     """Fits every method at a parameter budget and returns the config with the lowest measured error.
 
-    For each method the ranks with the lowest estimated error whose exact parameter count fits ``budget`` are
-    decomposed with :func:`~tetra_lightning.decompose.decompose_layer`; the measured ``rel_error`` decides.
+    For each method the ranks with the lowest estimated error whose exact parameter count fits ``budget`` (for
+    TT, whose error is not estimated, the largest uniform rank that fits) are decomposed with
+    :func:`~tetra_lightning.decompose.decompose_layer`; the measured ``rel_error`` decides. Methods that do not
+    apply (TT on a grouped conv) or cannot meet the budget are left out.
 
     Args:
-        layer: ``nn.Linear``, ``nn.Conv2d`` or a factorized layer.
+        layer: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or a factorized layer.
         budget: maximum parameter count of the factorized layer.
         methods: candidate methods.
 
@@ -697,7 +763,10 @@ def choose_method(
     errors: dict[str, float] = {}
     best: tuple[float, int, Any] | None = None
     for order, method in enumerate(methods):
-        option = _best_option_within(layer_error_curve(layer, method), budget)
+        if factorization(method).config_class in _ANALYTIC_CURVES:
+            option = _best_option_within(layer_error_curve(layer, method), budget)
+        else:  # sampling the curve would decompose a dozen times; the ranks at the budget need one
+            option = _option_at_budget(layer, method, budget)
         if option is None:
             continue
         config = option.config()

@@ -24,11 +24,17 @@ def _padding(value: Any) -> tuple[int, int] | str:
 
 
 class FactorizedLayer(nn.Module, ABC):
-    """A dense ``nn.Linear`` / ``nn.Conv2d`` replaced by a sequence of small layers.
+    """A dense ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` replaced by a sequence of small layers.
 
     Subclasses hold plain ``nn.Linear`` / ``nn.Conv2d`` submodules (TT layers: ``nn.Parameter`` cores) and
     never rebuild the dense weight in ``forward``. Every subclass is registered by class name so that
     :meth:`from_spec` can rebuild any of them from a JSON-safe :meth:`spec`.
+
+    A factorized layer stands in for the dense one wherever that one could be used: code that reads
+    ``layer.weight`` (and ``layer.bias``) directly instead of calling the layer, such as
+    ``F.linear(x, self.qkv.weight)`` in torchvision's Swin or the fast path of ``nn.TransformerEncoderLayer``,
+    gets the dense weight rebuilt from the factors on access (differentiable, so training still updates the
+    factors); only the parameter count drops there, not the compute.
 
     Attributes:
         method: ``"svd"``, ``"tucker"``, ``"cp"`` or ``"tt"``.
@@ -104,6 +110,11 @@ class FactorizedLayer(nn.Module, ABC):
         _check_spec(name, target, kwargs)
         return target(**kwargs)
 
+    @property
+    def weight(self) -> Tensor:
+        """The dense weight, rebuilt from the factors on every access (for code that reads ``.weight``)."""
+        return self.dense_weight()
+
     def extra_repr(self) -> str:
         return f"method={self.method!r}, ranks={self.ranks}, rel_error={self.rel_error:.4g}"
 
@@ -130,6 +141,14 @@ def _check_spec(name: str, target: type[FactorizedLayer], kwargs: dict[str, Any]
             raise ValueError(
                 f"`rank` must be a positive int or a list of positive ints, got {rank!r} in the spec of {name}."
             )
+
+
+class _BiasOnAccess:
+    """Mixin for layers whose bias lives in their last factor: ``layer.bias`` is that bias (or None)."""
+
+    @property
+    def bias(self: Any) -> Tensor | None:
+        return self.dense_bias()
 
 
 class _LinearShape:
@@ -162,6 +181,7 @@ class _ConvShape:
     dilation: tuple[int, int]
     padding_mode: str
     has_bias: bool
+    groups: int
 
     def _set_conv_geometry(
         self,
@@ -173,6 +193,7 @@ class _ConvShape:
         dilation: Any,
         padding_mode: str,
         bias: bool,
+        groups: int = 1,
     ) -> None:
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
@@ -182,9 +203,14 @@ class _ConvShape:
         self.dilation = _pair(dilation)
         self.padding_mode = padding_mode
         self.has_bias = bool(bias)
+        self.groups = int(groups)
+        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"`groups`={groups} must divide in_channels={in_channels} and out_channels={out_channels}."
+            )
 
     def _conv_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs = {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size),
@@ -194,6 +220,9 @@ class _ConvShape:
             "padding_mode": self.padding_mode,
             "bias": self.has_bias,
         }
+        if self.groups != 1:
+            kwargs["groups"] = self.groups
+        return kwargs
 
     def _dense_conv(self: Any) -> nn.Conv2d:
         reference = self._reference()
@@ -205,6 +234,7 @@ class _ConvShape:
             padding=self.padding,
             dilation=self.dilation,
             padding_mode=self.padding_mode,
+            groups=self.groups,
             bias=self.has_bias,
             device=reference.device,
             dtype=reference.dtype,
@@ -218,7 +248,7 @@ class _ConvShape:
 
 def conv_geometry(layer: nn.Conv2d) -> dict[str, Any]:
     """Constructor kwargs of a factorized conv that keeps ``layer``'s geometry."""
-    return {
+    geometry = {
         "in_channels": layer.in_channels,
         "out_channels": layer.out_channels,
         "kernel_size": layer.kernel_size,
@@ -228,6 +258,14 @@ def conv_geometry(layer: nn.Conv2d) -> dict[str, Any]:
         "padding_mode": layer.padding_mode,
         "bias": layer.bias is not None,
     }
+    if layer.groups != 1:
+        geometry["groups"] = layer.groups
+    return geometry
+
+
+def group_blocks(weight: Tensor, groups: int) -> list[Tensor]:
+    """The ``groups`` kernels ``(C_out / g, C_in / g, kh, kw)`` of a grouped conv weight, in group order."""
+    return list(weight.chunk(groups, dim=0)) if groups > 1 else [weight]
 
 
 def check_ranks(owner: str, ranks: Any, bounds: Any) -> None:

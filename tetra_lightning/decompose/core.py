@@ -10,16 +10,21 @@ import torch
 from torch import nn
 
 from tetra_lightning.checkpoint import DEFAULT_KIND, check_history, register_history_kind
+from tetra_lightning.decompose.attention import FactorizedMultiheadAttention
 from tetra_lightning.decompose.base import FactorizedLayer
 from tetra_lightning.decompose.configs import DecompositionConfig, TTConfig
+from tetra_lightning.decompose.conv1d import FactorizedConv1d
 from tetra_lightning.decompose.embedding import (
     embedding_unsupported,
     tt_embedding_from_config,
     tt_embedding_kwargs,
     tt_embedding_params,
 )
-from tetra_lightning.decompose.methods import factorization
+from tetra_lightning.decompose.methods import DENSE_LAYERS, build_layer
 from tetra_lightning.decompose.ranks import check_method, factorized_param_count, layer_shape, resolve_ranks
+from tetra_lightning.decompose.recurrent import FactorizedRNN
+from tetra_lightning.decompose.unfuse import FUSED_MODULES, unfuse_
+from tetra_lightning.decompose.weight_reads import direct_weight_reads
 from tetra_lightning.report import tied_parameters
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -34,7 +39,7 @@ def _count(module: nn.Module) -> int:
 def _decompose(layer: nn.Module, config: DecompositionConfig, ranks: tuple[int, ...]) -> FactorizedLayer:
     dense = layer.to_dense() if isinstance(layer, FactorizedLayer) else layer
     with torch.no_grad():
-        module = factorization(config).build(dense, ranks, config)  # type: ignore[arg-type]
+        module = build_layer(dense, ranks, config)
     module.train(layer.training)
     trainable = any(parameter.requires_grad for parameter in layer.parameters())
     module.requires_grad_(trainable)
@@ -42,7 +47,7 @@ def _decompose(layer: nn.Module, config: DecompositionConfig, ranks: tuple[int, 
 
 
 def decompose_layer(layer: nn.Module, config: DecompositionConfig) -> FactorizedLayer:
-    """Factorize one layer (``nn.Linear``, ``nn.Conv2d``, or an existing ``FactorizedLayer``).
+    """Factorize one layer (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``, or an existing ``FactorizedLayer``).
 
     A ``FactorizedLayer`` is first recomposed to its dense weight and decomposed again with ``config``
     (iterative compression: pass a lower rank than it has). The result has the layer's device, dtype,
@@ -56,9 +61,9 @@ def decompose_layer(layer: nn.Module, config: DecompositionConfig) -> Factorized
         The factorized layer; ``rel_error`` holds the relative weight error.
 
     Raises:
-        TypeError: for an unsupported layer (e.g. ``nn.LSTM``) or a method that does not apply to it
-            (Tucker/CP on ``nn.Linear``).
-        ValueError: for a grouped conv or a rank above the layer's full rank.
+        TypeError: for an unsupported layer (e.g. ``nn.LSTM``: :func:`compress_` splits it first) or a method
+            that does not apply to it (TT on a grouped conv).
+        ValueError: for a rank above the layer's full rank.
 
     Example:
         >>> import torch
@@ -77,8 +82,8 @@ def decompose_layer(layer: nn.Module, config: DecompositionConfig) -> Factorized
 # --------------------------------------------------------------------------------------------------------
 
 
-def dense_spec(layer: nn.Linear | nn.Conv2d) -> dict[str, Any]:
-    """JSON-safe spec of a dense ``nn.Linear`` / ``nn.Conv2d`` (``{"class": "Linear" | "Conv2d", ...}``)."""
+def dense_spec(layer: nn.Linear | nn.Conv1d | nn.Conv2d) -> dict[str, Any]:
+    """JSON-safe spec of a dense ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` (``{"class": "Linear" | ..., ...}``)."""
     if isinstance(layer, nn.Linear):
         return {
             "class": "Linear",
@@ -87,7 +92,7 @@ def dense_spec(layer: nn.Linear | nn.Conv2d) -> dict[str, Any]:
             "bias": layer.bias is not None,
         }
     return {
-        "class": "Conv2d",
+        "class": "Conv1d" if isinstance(layer, nn.Conv1d) else "Conv2d",
         "in_channels": layer.in_channels,
         "out_channels": layer.out_channels,
         "kernel_size": list(layer.kernel_size),
@@ -105,12 +110,12 @@ def module_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     kwargs = {key: value for key, value in spec.items() if key != "class"}
     if spec.get("class") == "Linear":
         return nn.Linear(**kwargs)
-    if spec.get("class") == "Conv2d":
+    if spec.get("class") in ("Conv1d", "Conv2d"):
         for key in ("kernel_size", "stride", "dilation"):
             kwargs[key] = tuple(kwargs[key])
         if not isinstance(kwargs["padding"], str):
             kwargs["padding"] = tuple(kwargs["padding"])
-        return nn.Conv2d(**kwargs)
+        return (nn.Conv1d if spec["class"] == "Conv1d" else nn.Conv2d)(**kwargs)
     return FactorizedLayer.from_spec(dict(spec))
 
 
@@ -148,23 +153,16 @@ def _candidates(
 ) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
     """The layers to factorize, and the conv layers of types compress_ does not factorize (to skip with a reason)."""
     factorized_prefixes: list[str] = []
-    attention_prefixes: list[str] = []
     found: list[tuple[str, nn.Module]] = []
     unsupported: list[tuple[str, nn.Module]] = []
+    kinds = (*DENSE_LAYERS, nn.Embedding) if embeddings else DENSE_LAYERS
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in factorized_prefixes):
             continue
         if isinstance(module, FactorizedLayer):
             factorized_prefixes.append(name)
             continue
-        if isinstance(module, nn.MultiheadAttention):
-            # Attention reads out_proj.weight directly: replacing it would break the module.
-            attention_prefixes.append(name)
-            continue
-        if any(name.startswith(prefix + ".") for prefix in attention_prefixes):
-            continue
-        kinds = (nn.Linear, nn.Conv2d, nn.Embedding) if embeddings else (nn.Linear, nn.Conv2d)
-        if name and isinstance(module, kinds) and type(module) not in (nn.LazyLinear, nn.LazyConv2d):
+        if name and isinstance(module, kinds) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
             if filter_fn is None or filter_fn(module, name):
                 found.append((name, module))
         elif name and isinstance(module, nn.modules.conv._ConvNd):
@@ -173,8 +171,42 @@ def _candidates(
     return found, unsupported
 
 
+def _layers_of(module: nn.Module) -> list[str]:
+    """Relative names of the dense and factorized layers of ``module`` (not the factors inside the latter)."""
+    names, factorized = [], []
+    for name, child in module.named_modules():
+        if not name or any(name.startswith(prefix + ".") for prefix in factorized):
+            continue
+        if isinstance(child, FactorizedLayer):
+            factorized.append(name)
+        if isinstance(child, (*DENSE_LAYERS, FactorizedLayer)):
+            names.append(name)
+    return names
+
+
+def _expand_fused(
+    model: nn.Module, config: Mapping[str, DecompositionConfig]
+) -> tuple[list[dict[str, Any]], dict[str, DecompositionConfig]]:
+    """Splits the fused modules a mapping names; a named fused or split module gives its config to its layers."""
+    known = dict(model.named_modules())
+    fused = [name for name in config if isinstance(known.get(name), FUSED_MODULES)]
+    entries = unfuse_(model, names=fused) if fused else []
+    for entry in entries:
+        if "skipped" in entry:
+            raise TypeError(f"`config` names {entry['name']!r}, which cannot be compressed: {entry['skipped']}.")
+    known = dict(model.named_modules())
+    expanded: dict[str, DecompositionConfig] = {}
+    for name, layer_config in config.items():
+        module = known[name]
+        if isinstance(module, (FactorizedMultiheadAttention, FactorizedRNN)):
+            expanded.update({f"{name}.{child}": layer_config for child in _layers_of(module)})
+        else:
+            expanded[name] = layer_config
+    return entries, expanded
+
+
 def _unsupported_reason(module: nn.Module, embeddings: bool) -> str:
-    kinds = "nn.Linear, nn.Conv2d" + (", nn.Embedding" if embeddings else "")
+    kinds = "nn.Linear, nn.Conv1d, nn.Conv2d" + (", nn.Embedding" if embeddings else "")
     return (
         f"compress_ does not factorize {type(module).__name__} layers (it factorizes {kinds}); exclude them with "
         "`filter_fn` to silence this"
@@ -220,15 +252,22 @@ def compress_(
 ) -> list[dict[str, Any]]:
     """Replace layers of ``model`` by factorized layers, in place.
 
-    With one config, every ``nn.Linear`` / ``nn.Conv2d`` that is not inside a ``FactorizedLayer`` and that
-    ``filter_fn(module, fqn)`` accepts is factorized; with a mapping ``fqn -> config`` only the named modules
-    are (they may be ``FactorizedLayer``s: iterative compression). Layers that cannot or should not be
-    factorized are left alone and recorded with a ``"skipped"`` reason: grouped convs (with a warning),
-    Tucker/CP on ``nn.Linear``, ranks above the full rank (with a warning), factorizations that would
-    not reduce the parameter count, conv layers of other types (``nn.ConvTranspose2d``, ..., with a warning),
-    and layers whose parameters other modules share (tied weights, with a warning and ``"tied_with"``:
-    factorizing one of them would untie them). A module registered under several names is factorized once and
-    every name points at the new layer (``"aliases"``); each parameter counts once in the history.
+    With one config, every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` that is not inside a ``FactorizedLayer``
+    and that ``filter_fn(module, fqn)`` accepts is factorized (every method applies to linear layers; Tucker and
+    CP there are the low-rank products they reduce to; grouped and depthwise convs are factorized per group);
+    with a mapping ``fqn -> config`` only the named modules are (they may be ``FactorizedLayer``s: iterative
+    compression). Fused modules are split first (:func:`~tetra_lightning.decompose.unfuse.unfuse_`):
+    ``nn.MultiheadAttention`` into q/k/v/output projections and ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` into
+    per-layer cells with input and hidden maps, which are then factorized like any linear layer; a mapping may
+    name the fused module itself. Layers that cannot or should not be factorized are left alone and recorded
+    with a ``"skipped"`` reason: TT on grouped convs, ranks above the full rank (with a warning), factorizations
+    that would not reduce the parameter count (a depthwise conv under SVD or Tucker), conv layers of other types
+    (``nn.ConvTranspose2d``, ``nn.Conv3d``, ..., with a warning), and layers whose parameters other modules share
+    (tied weights, with a warning and ``"tied_with"``: factorizing one of them would untie them). A module
+    registered under several names is factorized once and every name points at the new layer (``"aliases"``);
+    each parameter counts once in the history. A layer whose weight the forward reads directly
+    (``F.linear(x, layer.weight)``) is factorized too, since factorized layers rebuild ``weight`` on access; its
+    entry carries a ``"note"`` saying so.
 
     With a :class:`~tetra_lightning.decompose.TTConfig` (one for all layers, or named in the mapping), every
     ``nn.Embedding`` also becomes a :class:`~tetra_lightning.lowrank.TTEmbedding` (``in_modes`` factorize the
@@ -243,8 +282,10 @@ def compress_(
     Returns:
         The history, a JSON-safe list with one dict per considered layer: replaced layers have
         ``{"name", "method", "spec", "ranks", "params_before", "params_after", "rel_error", "config"}``,
-        skipped ones ``{"name", "method", "skipped", "params_before"}``. Replay it with
-        :func:`restore_structure`.
+        skipped ones ``{"name", "method", "skipped", "params_before"}``, split fused modules
+        ``{"kind": "attention" | "recurrent", "name", "spec", ...}`` before their layers' entries. Replay it with
+        :func:`~tetra_lightning.checkpoint.replay_history` (or :func:`restore_structure` for histories without
+        split modules).
 
     Raises:
         ValueError: for a mapping naming a missing module or a tied one, or holding a rank that does not fit
@@ -266,6 +307,7 @@ def compress_(
     unsupported: dict[str, nn.Module] = {}
     embeddings = isinstance(config, TTConfig)
     if isinstance(config, DecompositionConfig):
+        history.extend(unfuse_(model, filter_fn))
         found, skipped_kinds = _candidates(model, filter_fn, embeddings)
         unsupported = dict(skipped_kinds)
         order = {name: index for index, (name, _) in enumerate(model.named_modules())}
@@ -274,13 +316,17 @@ def compress_(
     elif isinstance(config, Mapping):
         plan = []
         known = dict(model.named_modules())
-        for name, layer_config in config.items():
+        for name in config:
             if name not in known or not name:
                 close = [n for n in known if n and (n.endswith(name.split(".")[-1]))][:5]
                 raise ValueError(
                     f"`config` names module {name!r}, which is not a submodule of the model. Similar names: "
                     f"{close}. Use names from `model.named_modules()`."
                 )
+        split, config = _expand_fused(model, config)
+        history.extend(split)
+        known = dict(model.named_modules())
+        for name, layer_config in config.items():
             if not isinstance(layer_config, DecompositionConfig):
                 raise TypeError(
                     f"`config[{name!r}]` must be a DecompositionConfig, got {type(layer_config).__name__}."
@@ -294,6 +340,7 @@ def compress_(
             f"{type(config).__name__}. Pass e.g. TuckerConfig(rank=0.25)."
         )
 
+    readers = direct_weight_reads(model)
     ties = tied_parameters(model)
     counted: set[str] = set()  # tied parameters already in a skipped entry's count: each tensor counts once
     for name, module, layer_config, explicit in plan:
@@ -360,19 +407,20 @@ def compress_(
             continue
         new = _decompose(module, layer_config, ranks)
         _set_submodule(model, name, new)
-        history.append(
-            {
-                "name": name,
-                "method": layer_config.method,
-                "spec": new.spec(),
-                "ranks": list(new.ranks),
-                "params_before": params_before,
-                "params_after": _count(new),
-                "rel_error": float(new.rel_error),
-                "config": layer_config.to_dict(),
-                **({"aliases": aliases} if aliases else {}),
-            }
-        )
+        entry = {
+            "name": name,
+            "method": layer_config.method,
+            "spec": new.spec(),
+            "ranks": list(new.ranks),
+            "params_before": params_before,
+            "params_after": _count(new),
+            "rel_error": float(new.rel_error),
+            "config": layer_config.to_dict(),
+            **({"aliases": aliases} if aliases else {}),
+        }
+        if name in readers:
+            entry["note"] = readers[name]
+        history.append(entry)
     if unsupported:
         listed = ", ".join(f"{name!r} ({type(module).__name__})" for name, module in unsupported.items())
         warnings.warn(
@@ -497,6 +545,8 @@ _GEOMETRY = (
 
 def _dense_type(module: nn.Module) -> str:
     """The torch.nn layer type ``module`` is or stands for (a factorized layer: the dense layer it replaces)."""
+    if isinstance(module, FactorizedConv1d):
+        return "Conv1d"
     if isinstance(module, FactorizedLayer):
         if hasattr(module, "in_features"):
             return "Linear"
@@ -515,6 +565,9 @@ def _geometry(module: nn.Module) -> dict[str, Any]:
         if hasattr(module, key):
             value = getattr(module, key)
             found[key] = list(value) if isinstance(value, (tuple, list)) else value
+    if isinstance(module, FactorizedConv1d):  # its inner conv has the (1, k) geometry of the Conv1d's (k,)
+        found.update({key: found[key][1:] for key in ("kernel_size", "stride", "padding", "dilation")
+                      if isinstance(found.get(key), list)})
     if isinstance(module, FactorizedLayer):
         if hasattr(module, "has_bias"):
             found["bias"] = bool(module.has_bias)
@@ -564,11 +617,12 @@ def recompose_(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict
     """
     _check_model(model, "recompose_")
     history: list[dict[str, Any]] = []
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name and isinstance(module, FactorizedLayer) and (filter_fn is None or filter_fn(module, name))
-    ]
+    targets: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(outer + ".") for outer, _ in targets):
+            continue  # the inner layer of a factorized layer (FactorizedConv1d) goes with it
+        if name and isinstance(module, FactorizedLayer) and (filter_fn is None or filter_fn(module, name)):
+            targets.append((name, module))
     for name, module in targets:
         with torch.no_grad():
             dense = module.to_dense()

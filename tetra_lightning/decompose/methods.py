@@ -17,7 +17,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from tetra_lightning.decompose._linalg import energy_rank, squared_singular_values, tt_svd, unfold
-from tetra_lightning.decompose.base import FactorizedLayer
+from tetra_lightning.decompose.base import FactorizedLayer, group_blocks
 from tetra_lightning.decompose.configs import (
     CPConfig,
     DecompositionConfig,
@@ -25,8 +25,9 @@ from tetra_lightning.decompose.configs import (
     TTConfig,
     TuckerConfig,
 )
+from tetra_lightning.decompose.conv1d import FactorizedConv1d, conv1d_as_conv2d
 from tetra_lightning.decompose.cp import CPConv2d
-from tetra_lightning.decompose.svd import SVDConv2d, SVDLinear
+from tetra_lightning.decompose.svd import CPLinear, SVDConv2d, SVDLinear
 from tetra_lightning.decompose.tt import (
     TTConv2d,
     TTLinear,
@@ -37,23 +38,31 @@ from tetra_lightning.decompose.tt import (
     tt_conv_dims,
     tt_linear_dims,
 )
-from tetra_lightning.decompose.tucker import TuckerConv2d
+from tetra_lightning.decompose.tucker import TuckerConv2d, TuckerLinear
 
 __all__ = [
+    "DENSE_LAYERS",
     "Factorization",
     "LayerShape",
+    "build_layer",
     "factorization",
     "layer_shape",
     "register_factorization",
     "tt_modes",
 ]
 
+#: The dense layers a factorization replaces.
+DENSE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
 MethodSpec = str | DecompositionConfig | type[DecompositionConfig]
 
 
 @dataclass(frozen=True)
 class LayerShape:
-    """Geometry of the dense layer behind an ``nn.Linear``, ``nn.Conv2d`` or ``FactorizedLayer``.
+    """Geometry of the dense layer behind an ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or ``FactorizedLayer``.
+
+    A ``Conv1d`` of kernel ``k`` has ``kernel_size == (1, k)``. A grouped conv is factorized per group: every
+    group is a ``(out_size / groups, in_size / groups, kh, kw)`` kernel.
 
     Example:
         >>> import torch
@@ -61,6 +70,8 @@ class LayerShape:
         >>> shape = layer_shape(torch.nn.Conv2d(8, 16, 3, bias=False))
         >>> shape.kind, shape.dense_params
         ('conv', 1152)
+        >>> layer_shape(torch.nn.Conv2d(8, 16, 3, groups=4, bias=False)).dense_params
+        288
     """
 
     kind: str  # "linear" | "conv"
@@ -68,10 +79,21 @@ class LayerShape:
     in_size: int
     kernel_size: tuple[int, int]
     has_bias: bool
+    groups: int = 1
+
+    @property
+    def group_out(self) -> int:
+        """Output channels of one group."""
+        return self.out_size // self.groups
+
+    @property
+    def group_in(self) -> int:
+        """Input channels of one group."""
+        return self.in_size // self.groups
 
     @property
     def dense_params(self) -> int:
-        return self.out_size * self.in_size * self.kernel_size[0] * self.kernel_size[1] + (
+        return self.out_size * self.group_in * self.kernel_size[0] * self.kernel_size[1] + (
             self.out_size if self.has_bias else 0
         )
 
@@ -80,32 +102,61 @@ def layer_shape(layer: nn.Module) -> LayerShape:
     """The dense geometry of ``layer``.
 
     Raises:
-        TypeError: for a module that is not ``nn.Linear``, ``nn.Conv2d`` or a ``FactorizedLayer``.
-        ValueError: for a grouped conv.
+        TypeError: for a module that is not ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or a ``FactorizedLayer``.
 
     Example:
         >>> layer_shape(nn.Linear(4, 2)).dense_params
         10
+        >>> layer_shape(nn.Conv1d(4, 8, 3)).kernel_size
+        (1, 3)
     """
     if isinstance(layer, FactorizedLayer):
         if hasattr(layer, "in_features"):
             return LayerShape("linear", layer.out_features, layer.in_features, (1, 1), layer.has_bias)
-        return LayerShape("conv", layer.out_channels, layer.in_channels, layer.kernel_size, layer.has_bias)
+        return LayerShape(
+            "conv", layer.out_channels, layer.in_channels, tuple(layer.kernel_size), layer.has_bias,
+            getattr(layer, "groups", 1),
+        )
     if isinstance(layer, nn.Linear):
         return LayerShape("linear", layer.out_features, layer.in_features, (1, 1), layer.bias is not None)
-    if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1:
-            raise ValueError(
-                f"`layer` is a grouped nn.Conv2d (groups={layer.groups}); only groups=1 can be factorized. "
-                "Exclude it with `filter_fn` (compress_ skips it with a warning)."
-            )
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        kernel = (1, layer.kernel_size[0]) if isinstance(layer, nn.Conv1d) else tuple(layer.kernel_size)
         return LayerShape(
-            "conv", layer.out_channels, layer.in_channels, tuple(layer.kernel_size), layer.bias is not None
+            "conv", layer.out_channels, layer.in_channels, kernel, layer.bias is not None, layer.groups
         )
     raise TypeError(
-        f"`layer` must be an nn.Linear, an nn.Conv2d or a FactorizedLayer, got {type(layer).__name__}. "
-        "Only these layers can be decomposed; exclude others with `filter_fn`."
+        f"`layer` must be an nn.Linear, an nn.Conv2d or a FactorizedLayer, got {type(layer).__name__} (an "
+        "nn.Conv1d is accepted too). Only these layers can be decomposed; compress_ converts nn.MultiheadAttention, "
+        "nn.LSTM and nn.GRU into such layers first. Exclude others with `filter_fn`."
     )
+
+
+def _blocks(weight: Tensor, shape: LayerShape) -> list[Tensor]:
+    """The per-group 4-D kernels of a dense weight (a Linear's weight is one ``(out, in, 1, 1)`` kernel)."""
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    elif weight.dim() == 3:
+        weight = weight[:, :, None, :]
+    return group_blocks(weight, shape.groups)
+
+
+def build_layer(
+    layer: nn.Module, ranks: tuple[int, ...], config: DecompositionConfig
+) -> FactorizedLayer:
+    """The factorized layer of the dense ``layer`` (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``) under ``config``.
+
+    An ``nn.Conv1d`` is factorized as the ``(1, k)`` ``nn.Conv2d`` it equals and wrapped in
+    :class:`~tetra_lightning.decompose.conv1d.FactorizedConv1d`.
+
+    Example:
+        >>> from tetra_lightning.decompose import TuckerConfig
+        >>> type(build_layer(nn.Conv1d(8, 8, 3), (4, 4), TuckerConfig(rank=(4, 4)))).__name__
+        'FactorizedConv1d'
+    """
+    handler = factorization(config)
+    if isinstance(layer, nn.Conv1d):
+        return FactorizedConv1d(handler.build(conv1d_as_conv2d(layer), ranks, config))
+    return handler.build(layer, ranks, config)  # type: ignore[arg-type]
 
 
 def tt_modes(shape: LayerShape, config: DecompositionConfig | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -129,6 +180,7 @@ class Factorization:
     Attributes:
         config_class: the config class this method is registered under.
         factorizes_linear: whether it applies to ``nn.Linear`` (every method applies to ``nn.Conv2d``).
+        factorizes_groups: whether it applies to grouped convs (per group).
 
     Example:
         >>> svd = factorization("svd")
@@ -138,6 +190,7 @@ class Factorization:
 
     config_class: ClassVar[type[DecompositionConfig]] = DecompositionConfig
     factorizes_linear: ClassVar[bool] = False
+    factorizes_groups: ClassVar[bool] = True
 
     @property
     def method(self) -> str:
@@ -151,6 +204,12 @@ class Factorization:
             raise TypeError(
                 f"method {self.method!r} factorizes nn.Conv2d kernels only; an nn.Linear supports {linear}. "
                 "Use SVDConfig or TTConfig for linear layers."
+            )
+        if shape.groups > 1 and not self.factorizes_groups:
+            grouped = tuple(m for m, item in _BY_METHOD.items() if item.factorizes_groups)
+            raise TypeError(
+                f"method {self.method!r} has no grouped form (groups={shape.groups}); a grouped conv supports "
+                f"{grouped}, factorized per group. Use one of those for this layer."
             )
 
     def rank_bounds(self, shape: LayerShape, config: DecompositionConfig | None) -> tuple[int, ...]:
@@ -202,18 +261,24 @@ class _SVD(Factorization):
 
     def rank_bounds(self, shape: LayerShape, config: DecompositionConfig | None) -> tuple[int, ...]:
         kh, kw = shape.kernel_size
-        return (min(shape.out_size, shape.in_size * kh * kw),)
+        return (min(shape.group_out, shape.group_in * kh * kw),)
 
     def param_count(
         self, shape: LayerShape, ranks: Sequence[int], config: DecompositionConfig | None = None
     ) -> int:
         kh, kw = shape.kernel_size
-        return ranks[0] * (shape.in_size * kh * kw + shape.out_size) + (shape.out_size if shape.has_bias else 0)
+        per_group = ranks[0] * (shape.group_in * kh * kw + shape.group_out)
+        return shape.groups * per_group + (shape.out_size if shape.has_bias else 0)
 
     def energy_ranks(
         self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
     ) -> tuple[int, ...]:
-        return (energy_rank(squared_singular_values(weight.reshape(weight.shape[0], -1)), energy),)
+        return (
+            max(
+                energy_rank(squared_singular_values(block.reshape(block.shape[0], -1)), energy)
+                for block in _blocks(weight, shape)
+            ),
+        )
 
     def build(
         self, layer: nn.Linear | nn.Conv2d, ranks: tuple[int, ...], config: DecompositionConfig
@@ -225,9 +290,10 @@ class _SVD(Factorization):
 
 class _Tucker(Factorization):
     config_class = TuckerConfig
+    factorizes_linear = True
 
     def rank_bounds(self, shape: LayerShape, config: DecompositionConfig | None) -> tuple[int, ...]:
-        return (shape.out_size, shape.in_size)
+        return (shape.group_out, shape.group_in)
 
     def param_count(
         self, shape: LayerShape, ranks: Sequence[int], config: DecompositionConfig | None = None
@@ -235,12 +301,17 @@ class _Tucker(Factorization):
         kh, kw = shape.kernel_size
         rank_out, rank_in = ranks
         bias = shape.out_size if shape.has_bias else 0
-        return shape.in_size * rank_in + rank_in * rank_out * kh * kw + rank_out * shape.out_size + bias
+        per_group = shape.group_in * rank_in + rank_in * rank_out * kh * kw + rank_out * shape.group_out
+        return shape.groups * per_group + bias
 
     def fraction_ranks(
         self, shape: LayerShape, target: float, bounds: Sequence[int], config: DecompositionConfig
     ) -> tuple[int, ...]:
         out_bound, in_bound = bounds
+        if shape.kind == "linear":
+            # A matrix's best Tucker-2 has equal ranks (its truncated SVD); unequal ones waste parameters.
+            equal = [(r, r) for r in range(1, min(out_bound, in_bound) + 1)]
+            return min(equal, key=lambda ranks: (abs(self.param_count(shape, ranks) - target), ranks))
         candidates = set()
         for rank_out in range(1, out_bound + 1):
             candidates.add((rank_out, max(1, min(in_bound, round(rank_out * in_bound / out_bound)))))
@@ -251,37 +322,48 @@ class _Tucker(Factorization):
     def energy_ranks(
         self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
     ) -> tuple[int, ...]:
-        return _mode_energy_ranks(weight, energy)
+        found = [_mode_energy_ranks(block, energy) for block in _blocks(weight, shape)]
+        return (max(r[0] for r in found), max(r[1] for r in found))
 
     def build(
         self, layer: nn.Linear | nn.Conv2d, ranks: tuple[int, ...], config: DecompositionConfig
     ) -> FactorizedLayer:
         assert isinstance(config, TuckerConfig)
+        if isinstance(layer, nn.Linear):
+            return TuckerLinear.from_dense(layer, (ranks[0], ranks[1]), n_iter_max=config.n_iter_max)
         return TuckerConv2d.from_dense(layer, (ranks[0], ranks[1]), n_iter_max=config.n_iter_max)
 
 
 class _CP(Factorization):
     config_class = CPConfig
+    factorizes_linear = True
 
     def rank_bounds(self, shape: LayerShape, config: DecompositionConfig | None) -> tuple[int, ...]:
-        dims = (shape.out_size, shape.in_size, *shape.kernel_size)
+        if shape.kind == "linear":
+            return (min(shape.out_size, shape.in_size),)  # a matrix's CP rank is its rank
+        dims = (shape.group_out, shape.group_in, *shape.kernel_size)
         return (math.prod(dims) // max(dims),)  # generic upper bound of the CP rank
 
     def param_count(
         self, shape: LayerShape, ranks: Sequence[int], config: DecompositionConfig | None = None
     ) -> int:
+        bias = shape.out_size if shape.has_bias else 0
+        if shape.kind == "linear":
+            return ranks[0] * (shape.in_size + shape.out_size) + bias
         kh, kw = shape.kernel_size
-        return ranks[0] * (shape.in_size + kh + kw + shape.out_size) + (shape.out_size if shape.has_bias else 0)
+        return shape.groups * ranks[0] * (shape.group_in + kh + kw + shape.group_out) + bias
 
     def energy_ranks(
         self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
     ) -> tuple[int, ...]:
-        return (max(_mode_energy_ranks(weight, energy)),)
+        return (max(max(_mode_energy_ranks(block, energy)) for block in _blocks(weight, shape)),)
 
     def build(
         self, layer: nn.Linear | nn.Conv2d, ranks: tuple[int, ...], config: DecompositionConfig
     ) -> FactorizedLayer:
         assert isinstance(config, CPConfig)
+        if isinstance(layer, nn.Linear):
+            return CPLinear.from_dense(layer, ranks[0])  # the CP of a matrix is its truncated SVD
         return CPConv2d.from_dense(
             layer, ranks[0], n_iter_max=config.n_iter_max, l2_reg=config.l2_reg, tol=config.tol, init=config.init
         )
@@ -290,6 +372,7 @@ class _CP(Factorization):
 class _TT(Factorization):
     config_class = TTConfig
     factorizes_linear = True
+    factorizes_groups = False
 
     @staticmethod
     def _dims(shape: LayerShape, config: DecompositionConfig | None) -> list[int]:
@@ -327,9 +410,8 @@ class _TT(Factorization):
                 break
         return best
 
-    def energy_ranks(
-        self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
-    ) -> tuple[int, ...]:
+    def tensor(self, weight: Tensor, shape: LayerShape, config: DecompositionConfig | None) -> Tensor:
+        """The dense weight as the TT tensor of mode sizes ``(i_1 o_1, ..., i_d o_d)`` (convs: ``kh kw`` first)."""
         in_modes, out_modes = tt_modes(shape, config)
         d = len(in_modes)
         if shape.kind == "linear":
@@ -339,7 +421,12 @@ class _TT(Factorization):
             tensor = weight.reshape(*out_modes, *in_modes, spatial).permute(
                 [2 * d] + [a for k in range(d) for a in (d + k, k)]
             )
-        cores = tt_svd(tensor.reshape(self._dims(shape, config)), energy=energy)
+        return tensor.reshape(self._dims(shape, config))
+
+    def energy_ranks(
+        self, weight: Tensor, shape: LayerShape, energy: float, config: DecompositionConfig
+    ) -> tuple[int, ...]:
+        cores = tt_svd(self.tensor(weight, shape, config), energy=energy)
         return tuple(int(core.shape[-1]) for core in cores[:-1])
 
     def build(

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from tetra_lightning.decompose.embedding import TTEmbedding
+from tetra_lightning.decompose.recurrent import gru_update, lstm_update
 from tetra_lightning.decompose.tt import (
     RankArg,
     TTConv2d,
@@ -184,6 +185,9 @@ class _TTRecurrentCell(nn.Module):
 class TTGRUCell(_TTRecurrentCell):
     """``nn.GRUCell`` with a TT-matrix input-to-hidden map (Yang et al., TT-RNN); gates ordered ``r, z, n``.
 
+    The gate update is :func:`~tetra_lightning.decompose.recurrent.gru_update`, the one
+    :func:`~tetra_lightning.decompose.compress_` uses when it converts an ``nn.GRU`` with ``TTConfig``.
+
     ``input_map: input_size -> 3 * hidden_size`` is a :class:`~tetra_lightning.decompose.TTLinear`,
     ``hidden_map: hidden_size -> 3 * hidden_size`` a dense ``nn.Linear``. The update is PyTorch's:
     ``r = sigmoid(x_r + h_r)``, ``z = sigmoid(x_z + h_z)``, ``n = tanh(x_n + r * h_n)``, ``h' = (1 - z) n + z h``.
@@ -207,16 +211,14 @@ class TTGRUCell(_TTRecurrentCell):
 
     def forward(self, x: Tensor, hx: Tensor | None = None) -> Tensor:
         h = self._zeros(x) if hx is None else hx
-        x_r, x_z, x_n = self.input_map(x).chunk(3, dim=-1)
-        h_r, h_z, h_n = self.hidden_map(h).chunk(3, dim=-1)
-        reset = torch.sigmoid(x_r + h_r)
-        update = torch.sigmoid(x_z + h_z)
-        candidate = torch.tanh(x_n + reset * h_n)
-        return (1 - update) * candidate + update * h
+        return gru_update(self.input_map(x), self.hidden_map(h), h)
 
 
 class TTLSTMCell(_TTRecurrentCell):
     """``nn.LSTMCell`` with a TT-matrix input-to-hidden map; gates ordered ``i, f, g, o`` like PyTorch.
+
+    The gate update is :func:`~tetra_lightning.decompose.recurrent.lstm_update`, the one
+    :func:`~tetra_lightning.decompose.compress_` uses when it converts an ``nn.LSTM`` with ``TTConfig``.
 
     Args: as :class:`TTGRUCell` (the TT map goes to ``4 * hidden_size``).
 
@@ -232,7 +234,4 @@ class TTLSTMCell(_TTRecurrentCell):
 
     def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         h, c = (self._zeros(x), self._zeros(x)) if hx is None else hx
-        gates = self.input_map(x) + self.hidden_map(h)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c_next), c_next
+        return lstm_update(self.input_map(x), self.hidden_map(h), c)

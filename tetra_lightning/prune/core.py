@@ -5,7 +5,8 @@ BatchNorm after a conv, the input channels of the layers that read it, and every
 stream (torch-pruning follows the autograd graph, so an ``add`` couples all convs feeding and reading it). The
 tensors really shrink, so parameters, bytes and MACs go down.
 
-Every pruned slice is recorded as ``[module_name, "out" | "in", removed_indices]`` in a JSON-safe history entry
+Every pruned slice is recorded as ``[module_name, "out" | "in", removed_indices]`` (``[parameter_name, "param",
+removed_indices]`` for parameters outside a layer: class tokens, position embeddings) in a JSON-safe history entry
 ``{"kind": "prune", ...}``. :func:`restore_pruned_structure` replays those operations on a freshly built dense
 model (no example input, no dependency graph needed), after which the pruned ``state_dict`` loads.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,14 +51,22 @@ def _as_args(example_inputs: Any) -> tuple[Any, ...]:
 
 
 def output_layers(model: nn.Module, example_inputs: Any) -> list[str]:
-    """Names of the leaf modules whose output *is* the model's output (the classifier head).
+    """Names of the layers whose outputs *are* the model's outputs (the classifier head), whatever their type.
 
-    Found by identity of the output tensors on one forward pass; when no module output is returned unchanged,
-    the last ``nn.Linear`` whose ``out_features`` equals the output's last dimension is taken.
+    Found on one forward pass: a leaf module whose output tensor is returned unchanged is an output layer;
+    otherwise the autograd graph of each output is walked back through parameter-free operations (flatten,
+    pooling, activations, reshapes) and through layers holding only per-channel parameters (norms), up to the
+    first layers with a weight of two or more dimensions: a conv classifier followed by pooling (SqueezeNet), a
+    linear head after a norm. When neither finds a layer, the last ``nn.Linear`` whose ``out_features`` equals the
+    output's last dimension is taken.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
         >>> output_layers(net, torch.randn(2, 8))
+        ['2']
+        >>> conv_head = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 5, 1), nn.AdaptiveAvgPool2d(1),
+        ...                           nn.Flatten())
+        >>> output_layers(conv_head, torch.randn(2, 3, 8, 8))
         ['2']
     """
     produced: dict[int, str] = {}
@@ -72,19 +82,67 @@ def output_layers(model: nn.Module, example_inputs: Any) -> list[str]:
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.enable_grad():
             output = model(*_as_args(example_inputs))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
     outputs = [output] if isinstance(output, torch.Tensor) else list(_tensors(output))
-    names = [produced[id(t)] for t in outputs if id(t) in produced]
-    if names:
-        return names
+    modules = dict(model.named_modules())
+    found: list[str] = []
+    for tensor in outputs:
+        name = produced.get(id(tensor))
+        if name is not None and any(p.dim() >= 2 for p in modules[name].parameters(recurse=False)):
+            names = [name]
+        else:  # returned by a flatten, a pooling or a norm layer, or by no module: walk back to the layers
+            names = _producers_through_autograd(model, [tensor])
+        found.extend(n for n in names if n not in found)
+    if found:
+        return found
     last = outputs[0].shape[-1] if outputs and outputs[0].dim() > 0 else None
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == last]
     return linears[-1:]
+
+
+def _parameter_source(function: Any, depth: int = 4) -> Any:
+    """The parameter behind an autograd input reached through single-input ops (``t()``, views), else None."""
+    for _ in range(depth):
+        if hasattr(function, "variable"):
+            return function.variable
+        inputs = [fn for fn, _ in getattr(function, "next_functions", ()) if fn is not None]
+        if len(inputs) != 1:
+            return None
+        function = inputs[0]
+    return function.variable if hasattr(function, "variable") else None
+
+
+def _producers_through_autograd(model: nn.Module, outputs: Sequence[torch.Tensor]) -> list[str]:
+    """The layers with a >= 2-D weight first met walking each output's autograd graph backwards."""
+    owners: dict[int, tuple[str, nn.Module]] = {}
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            owners.setdefault(id(parameter), (name, module))
+    found: list[str] = []
+    visited: set[int] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        inputs = [fn for fn, _ in node.next_functions if fn is not None]
+        sources = [_parameter_source(fn) for fn in inputs]
+        layers = [owners.get(id(source)) for source in sources if source is not None]
+        producers = [
+            owner for owner in layers
+            if owner is not None and any(p.dim() >= 2 for p in owner[1].parameters(recurse=False))
+        ]
+        if producers:
+            found.extend(name for name, _ in producers if name and name not in found)
+            continue
+        stack.extend(fn for fn, source in zip(inputs, sources, strict=True) if source is None)
+    return found
 
 
 def _tensors(value: Any) -> Iterable[torch.Tensor]:
@@ -143,12 +201,47 @@ def _resolve_ignored(
     return ignored
 
 
+@dataclass
+class _PruneRun:
+    """What one torch-pruning pass did: the recorded operations and what it could not prune."""
+
+    operations: list[list[Any]] = field(default_factory=list)
+    parameter_dims: dict[str, int] = field(default_factory=dict)
+    unpruned: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    # torch-pruning keeps embed_dim a multiple of num_heads only for the attention modules it is told about.
+    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+def _dimension_attributes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Integer attributes a model keeps next to its layers and reads in ``forward``, from the pruned layers.
+
+    torchvision's ``VisionTransformer`` reshapes its patch embedding with ``self.hidden_dim``; torch-pruning's own
+    benchmark sets it by hand after pruning.
+    """
+    attributes: dict[str, dict[str, int]] = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ == "VisionTransformer" and isinstance(getattr(module, "conv_proj", None), nn.Conv2d):
+            if module.hidden_dim != module.conv_proj.out_channels:
+                attributes[name] = {"hidden_dim": int(module.conv_proj.out_channels)}
+    return attributes
+
+
+def _set_attributes(model: nn.Module, attributes: Mapping[str, Mapping[str, int]]) -> None:
+    modules = dict(model.named_modules())
+    for name, values in attributes.items():
+        for attribute, value in values.items():
+            setattr(modules[name], attribute, int(value))
+
+
 def _slice(module: nn.Module, direction: str, removed: Sequence[int]) -> None:
     """Removes the output (``"out"``) or input (``"in"``) channels ``removed`` of one layer, in place."""
-    from torch_pruning import ops
-    from torch_pruning.pruner.function import PrunerBox
+    from tetra_lightning.prune._torch_pruning import pruner_for
 
-    pruner = PrunerBox.get(ops.module2type(module))
+    pruner = pruner_for(module)
     function = pruner.prune_out_channels if direction == "out" else pruner.prune_in_channels
     function(module, list(removed))
 
@@ -165,6 +258,7 @@ def _untied_by(model: nn.Module, operations: list[list[Any]], ties: list[list[st
     holder ends with the same values (the same slices of the one tensor, e.g. an embedding's columns and the
     tied output layer's inputs removed together).
     """
+    operations = [operation for operation in operations if operation[1] != "param"]
     touched = {name for name, _, _ in operations}
     affected = [group for group in ties if any(p.rpartition(".")[0] in touched for p in group)]
     if not affected:
@@ -200,37 +294,58 @@ def _run_pruner(
     config: PruneConfig,
     ignored: list[nn.Module],
     untouched: list[dict[str, Any]] | None = None,
-) -> list[list[Any]]:
+) -> _PruneRun:
     """Prunes ``model`` in place at ``pruning_ratio`` and returns the recorded ``[name, direction, removed]`` ops.
 
     A group of coupled channels whose removal would untie shared parameters (tied weights) is left alone and
     reported in ``untouched``; the holders of a tie pruned consistently share one parameter again afterwards.
+
+    Raises:
+        RuntimeError: when nothing could be pruned because every channel group reaches an operation torch-pruning
+            cannot handle (the reasons are listed).
     """
-    import torch_pruning as tp
     from torch_pruning._helpers import to_plain_idxs
+
+    from tetra_lightning.prune._torch_pruning import (
+        MAX_GROUP_INDICES,
+        WithEmbeddingImportance,
+        build_pruner,
+        parameter_name,
+    )
 
     names = {id(module): name for name, module in model.named_modules()}
     ties = tied_parameters(model)
     was_training = model.training
     model.eval()  # tracing runs a forward: keep BatchNorm running statistics untouched
+    run = _PruneRun()
     try:
         with torch.enable_grad():  # the dependency graph follows autograd nodes
-            pruner = tp.pruner.BasePruner(
+            pruner = build_pruner(
                 model,
                 example_inputs,
-                importance=_importance(config.importance),
+                MAX_GROUP_INDICES,
+                importance=WithEmbeddingImportance(_importance(config.importance), 2 if config.importance == "l2" else 1),
                 global_pruning=config.global_pruning,
                 pruning_ratio=pruning_ratio,
                 max_pruning_ratio=config.max_pruning_ratio,
                 ignored_layers=ignored,
                 round_to=config.round_to,
+                num_heads=_attention_heads(model),
             )
             graph = pruner.DG
-            operations: list[list[Any]] = []
             for group in pruner.step(interactive=True):
                 seen: set[tuple[str, str]] = set()
                 group_operations: list[list[Any]] = []
+                group_dims: dict[str, int] = {}
                 for dep, idxs in group:
+                    removed = sorted(int(i) for i in to_plain_idxs(idxs))
+                    if isinstance(dep.target.module, nn.Parameter):  # class tokens, position embeddings
+                        name = parameter_name(graph, dep.target.module)
+                        if name is not None and (name, "param") not in seen:
+                            seen.add((name, "param"))
+                            group_operations.append([name, "param", removed])
+                            group_dims[name] = int(dep.target.pruning_dim)
+                        continue
                     name = names.get(id(dep.target.module))
                     if name is None:  # element-wise / reshape nodes: nothing to store
                         continue
@@ -243,23 +358,36 @@ def _run_pruner(
                     if (name, direction) in seen:
                         continue
                     seen.add((name, direction))
-                    group_operations.append([name, direction, sorted(int(i) for i in to_plain_idxs(idxs))])
+                    group_operations.append([name, direction, removed])
                 broken = _untied_by(model, group_operations, ties)
                 if broken:
                     if untouched is not None:
                         untouched.append(
                             {
-                                "layers": list(dict.fromkeys(name for name, _, _ in group_operations)),
+                                "layers": list(
+                                    dict.fromkeys(name for name, direction, _ in group_operations if direction != "param")
+                                ),
                                 "reason": f"pruning them would untie {', '.join(broken)}",
                             }
                         )
                     continue
                 group.prune()
-                operations.extend(group_operations)
+                run.operations.extend(group_operations)
+                run.parameter_dims.update(group_dims)
                 _retie(model, ties)
+            run.unpruned = dict(graph.skipped)
     finally:
         model.train(was_training)
-    return operations
+    run.attributes = _dimension_attributes(model)
+    _set_attributes(model, run.attributes)
+    if not run.operations and run.unpruned:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in list(run.unpruned.items())[:3])
+        raise RuntimeError(
+            f"prune_ found no channel group of {type(model).__name__} that torch-pruning can prune "
+            f"({len(run.unpruned)} group(s) kept: {listed}). Exclude the layers around these operations with "
+            "`ignored_layers`, or compress this model with compress_ instead."
+        )
+    return run
 
 
 def _layer_names(model: nn.Module, layers: Sequence[str | nn.Module]) -> list[str]:
@@ -317,8 +445,14 @@ def prune_(
 
     Built on torch-pruning's ``BasePruner``: groups of coupled channels (conv -> BN -> next conv's inputs,
     residual adds, the Conv2d chains of factorized layers) are ranked by ``config.importance`` and pruned
-    together. The layers producing the model's output keep their outputs (``keep_outputs``), so the classifier
-    still has all its classes. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
+    together. The layers producing the model's output keep their outputs (``keep_outputs``, whatever their type:
+    a conv classifier too), so the classifier still has all its classes. ``nn.MultiheadAttention`` keeps its
+    ``embed_dim`` a multiple of ``num_heads`` (every head loses the same dimensions); class tokens and position
+    embeddings lose the pruned channels with the layers they are added to; embeddings, LSTMs and channel-shuffle
+    models are handled. Channel groups torch-pruning cannot follow (a channel shuffle, a layer whose weight the
+    forward reads directly as Swin's attention does, or a dependency search past a fixed budget) keep their
+    channels and are listed with the reason under ``"unpruned"``; the search is bounded, so memory and time stay
+    bounded too. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
     Tied weights stay tied: a group that removes the same slices from every module sharing a parameter (an
     embedding and the output layer tied to it) is pruned and the modules share the smaller parameter; a group
     that would untie them is left alone, with a warning and a reason in the entry's ``"untouched"``.
@@ -333,13 +467,16 @@ def prune_(
             ``ignored_layers`` may then also hold the modules themselves.
 
     Returns:
-        A one-element history ``[{"kind": "prune", "ops": [[name, "out"|"in", removed_indices], ...],
-        "shapes": {...}, "params_before": int, "params_after": int, "config": {...}, ...}]``, JSON-safe, for
+        A one-element history ``[{"kind": "prune", "ops": [[name, "out"|"in"|"param", removed_indices], ...],
+        "shapes": {...}, "parameter_dims": {...}, "attributes": {...}, "unpruned": {layer: reason},
+        "params_before": int, "params_after": int, "config": {...}, ...}]``, JSON-safe, for
         :func:`restore_pruned_structure`.
 
     Raises:
         ValueError: for an invalid config, an unknown layer name, or ``importance="taylor"`` without gradients.
         TypeError: for a ``config`` that is not a PruneConfig, or both a config and keyword fields.
+        RuntimeError: when no channel group can be pruned because each reaches an operation torch-pruning cannot
+            handle (the message lists them).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.AdaptiveAvgPool2d(1),
@@ -367,10 +504,11 @@ def prune_(
         ratio = _solve_ratio(model, example_inputs, config, filter_fn)
     ignored = _resolve_ignored(model, example_inputs, config, filter_fn)
     untouched: list[dict[str, Any]] = []
-    operations = _run_pruner(model, example_inputs, ratio, config, ignored, untouched)
+    run = _run_pruner(model, example_inputs, ratio, config, ignored, untouched)
+    operations = run.operations
     if computed_grads:
         model.zero_grad(set_to_none=True)
-    touched = list(dict.fromkeys(name for name, _, _ in operations))
+    touched = list(dict.fromkeys(name for name, direction, _ in operations if direction != "param"))
     entry: dict[str, Any] = {
         "kind": "prune",
         "importance": config.importance,
@@ -379,6 +517,10 @@ def prune_(
         "round_to": config.round_to,
         "ops": operations,
         "shapes": pruned_shapes(model, touched),
+        "parameter_dims": run.parameter_dims,
+        "parameter_shapes": {name: list(model.get_parameter(name).shape) for name in run.parameter_dims},
+        "attributes": run.attributes,
+        "unpruned": run.unpruned,
         "params_before": int(params_before),
         "params_after": int(sum(p.numel() for p in model.parameters())),
         "config": config.to_dict(),
@@ -446,8 +588,7 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
         >>> fresh.load_state_dict(net.state_dict())
         <All keys matched successfully>
     """
-    from torch_pruning import ops
-    from torch_pruning.pruner.function import PrunerBox
+    from tetra_lightning.prune._torch_pruning import pruner_for
 
     check_history(history)
     entries = [(index, entry) for index, entry in enumerate(history) if entry.get("kind") == "prune"]
@@ -455,36 +596,73 @@ def restore_pruned_structure(model: nn.Module, history: Sequence[Mapping[str, An
     modules = dict(model.named_modules())
     for index, entry in entries:
         for operation in entry.get("ops", []):
-            if not (isinstance(operation, (list, tuple)) and len(operation) == 3 and operation[1] in ("out", "in")):
+            if not (
+                isinstance(operation, (list, tuple)) and len(operation) == 3 and operation[1] in ("out", "in", "param")
+            ):
                 raise ValueError(
                     f"`history[{index}]` holds the operation {operation!r}; each must be [module_name, 'out' | 'in', "
-                    "removed_indices]. Pass the history prune_ returned unchanged."
+                    "removed_indices] or [parameter_name, 'param', removed_indices]. Pass the history prune_ "
+                    "returned unchanged."
                 )
             name = operation[0]
+            if operation[1] == "param":
+                _parameter_holder(model, index, name)
+                continue
             if name not in modules:
                 raise ValueError(
                     f"`history[{index}]` prunes module {name!r}, which the model does not have. Replay the "
                     "history on a model built like the one that was pruned."
                 )
-            if PrunerBox.get(ops.module2type(modules[name])) is None:
+            if pruner_for(modules[name]) is None:
                 raise ValueError(
                     f"`history[{index}]`: module {name!r} ({type(modules[name]).__name__}) cannot be pruned. "
                     "Replay the history on a model built like the one that was pruned."
                 )
     ties = tied_parameters(model)
     for index, entry in entries:
+        dims = entry.get("parameter_dims", {})
         for name, direction, removed in entry.get("ops", []):
-            _slice(modules[name], direction, removed)
+            if direction == "param":
+                _prune_parameter(model, index, name, int(dims.get(name, -1)), removed)
+            else:
+                _slice(modules[name], direction, removed)
+        _set_attributes(model, entry.get("attributes", {}))
         _retie(model, ties)
         expected = entry.get("shapes", {})
         found = pruned_shapes(model, expected)
-        if found != {name: dict(shapes) for name, shapes in expected.items()}:
+        expected_parameters = {name: list(shape) for name, shape in entry.get("parameter_shapes", {}).items()}
+        found_parameters = {name: list(model.get_parameter(name).shape) for name in expected_parameters}
+        if found != {name: dict(shapes) for name, shapes in expected.items()} or found_parameters != expected_parameters:
             wrong = [name for name in expected if found.get(name) != expected[name]]
+            wrong += [name for name in expected_parameters if found_parameters[name] != expected_parameters[name]]
             raise ValueError(
                 f"Replaying `history[{index}]` gave shapes that differ from the recorded ones at {wrong[:5]}. "
                 "Replay the history on a freshly constructed model of the same architecture."
             )
     return model
+
+
+def _parameter_holder(model: nn.Module, index: int, name: str) -> tuple[nn.Module, str, nn.Parameter]:
+    """The module holding the parameter ``name``, its attribute and the parameter (a ValueError naming the fix)."""
+    owner_name, _, attribute = name.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+        old = getattr(owner, attribute)
+    except AttributeError:
+        old = None
+    if not isinstance(old, nn.Parameter):
+        raise ValueError(
+            f"`history[{index}]` prunes parameter {name!r}, which the model does not have. Replay the history on a "
+            "model built like the one that was pruned."
+        )
+    return owner, attribute, old
+
+
+def _prune_parameter(model: nn.Module, index: int, name: str, dim: int, removed: Sequence[int]) -> None:
+    owner, attribute, old = _parameter_holder(model, index, name)
+    drop = set(int(i) for i in removed)
+    keep = torch.tensor([i for i in range(old.shape[dim]) if i not in drop], dtype=torch.long, device=old.device)
+    setattr(owner, attribute, nn.Parameter(old.detach().index_select(dim, keep), requires_grad=old.requires_grad))
 
 
 # prune_ entries: the recorded channel slices, removed again (see restore_pruned_structure).
