@@ -43,8 +43,9 @@ _WIDE_INT = 32
 
 
 def is_smooth_space(space: SearchSpace) -> bool:
-    """Whether ``method="tetra"`` uses the smooth strategy on ``space``: it has a Float or an Int of more than 32
-    values (a space of categoricals and short integer ranges keeps the finite-grid TT model).
+    """Whether ``method="tetra"`` uses the smooth strategy on ``space``: it has a Float or an Int with more than 32
+    levels (the default 128-level Float, a wide Int); a space of categoricals, short integer ranges and coarse
+    explicit grids (``Float(..., grid=8)``) keeps the finite-grid TT model.
 
     Example:
         >>> from tetra_lightning.optim import Categorical
@@ -52,8 +53,13 @@ def is_smooth_space(space: SearchSpace) -> bool:
         True
         >>> is_smooth_space(SearchSpace({"depth": Int(1, 8), "act": Categorical(["relu", "gelu"])}))
         False
+        >>> is_smooth_space(SearchSpace({"lr": Float(1e-4, 1e-1, log=True, grid=8)}))
+        False
     """
-    return any(isinstance(d, Float) or (isinstance(d, Int) and d.n_values > _WIDE_INT) for d in space.values())
+    return any(
+        (isinstance(d, Float) and d.size > _WIDE_INT) or (isinstance(d, Int) and d.n_values > _WIDE_INT)
+        for d in space.values()
+    )
 
 
 def warp_scores(y: np.ndarray, transform: str) -> np.ndarray:
