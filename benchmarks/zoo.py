@@ -259,6 +259,7 @@ def _cell(row: dict[str, Any]) -> str:
 def markdown(rows: list[dict[str, Any]], ops: tuple[str, ...]) -> str:
     models = list(dict.fromkeys(row["model"] for row in rows))
     by_key = {(row["model"], row["op"]): row for row in rows}
+    merged = any(row.get("invocation", 0) for row in rows)
     lines = [
         "| model | params | share | " + " | ".join(ops) + " |",
         "|---|---:|---:|" + "---|" * len(ops),
@@ -267,6 +268,9 @@ def markdown(rows: list[dict[str, Any]], ops: tuple[str, ...]) -> str:
         first = next(row for row in rows if row["model"] == model)
         params = first.get("params_before")
         cells = [_cell(by_key[(model, op)]) if (model, op) in by_key else "" for op in ops]
+        if merged:  # which invocation measured the cell (the header lists them)
+            cells = [cell + (f" [{by_key[(model, op)].get('invocation', 0)}]" if cell else "")
+                     for cell, op in zip(cells, ops, strict=True)]
         params_text = f"{params / 1e6:.2f}M" if params else "?"
         share = first.get("share")
         lines.append(f"| {model} | {params_text} | {share if share is not None else '?'} | " + " | ".join(cells) + " |")
@@ -297,6 +301,51 @@ def _not_run(name: str, op: str, budget: float) -> dict[str, Any]:
             "error": f"not run: the benchmark's --budget-s {budget:.0f} s was spent before this operation"}
 
 
+def load_earlier(out: Path) -> dict[str, Any]:
+    """An earlier results file as ``{"invocations": [meta, ...], "rows": [...]}``, every row naming the invocation
+    (index) that measured it; a file written without ``--merge`` is one invocation."""
+    data = json.loads(out.read_text())
+    meta = data["meta"]
+    invocations = meta["invocations"] if "invocations" in meta else [meta]
+    rows = [dict(row, invocation=row.get("invocation", 0)) for row in data["rows"]]
+    return {"invocations": invocations, "rows": rows}
+
+
+def merge_rows(earlier: dict[str, Any], rows: list[dict[str, Any]], invocation: int) -> list[dict[str, Any]]:
+    """The earlier rows with the cells measured now (``rows``, tagged ``invocation``) in their place, in the
+    order of ``MODELS`` and ``OPS``; a cell not run now (time budget) keeps its earlier measurement."""
+    cells = {(row["model"], row["op"]): row for row in earlier["rows"]}
+    for row in rows:
+        if row.get("not_run") and (row["model"], row["op"]) in cells:
+            continue
+        cells[(row["model"], row["op"])] = dict(row, invocation=invocation)
+    order = {name: i for i, name in enumerate(MODELS)}
+    return sorted(cells.values(), key=lambda row: (order.get(row["model"], len(order)), OPS.index(row["op"])))
+
+
+def write_merged(out: Path, earlier: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Writes the merge of ``earlier`` and this invocation's ``rows`` (see :func:`merge_rows`)."""
+    invocations = [*earlier["invocations"], meta]
+    merged = merge_rows(earlier, rows, len(invocations) - 1)
+    # every model's first row carries its size and weight share (a merged row of an op that failed may not)
+    for model in {row["model"] for row in merged}:
+        first = next(row for row in merged if row["model"] == model)
+        if first.get("params_before") is None:
+            known = next((row for row in merged if row["model"] == model and row.get("params_before")), None)
+            if known is not None:
+                first.update(params_before=known["params_before"], share=known.get("share"))
+    combined = {
+        "command": " ; ".join(f"[{i}] {inv['command']}" for i, inv in enumerate(invocations)),
+        "python": meta["python"], "torch": meta["torch"], "cpu_count": meta["cpu_count"],
+        "load_average": [inv.get("load_average") for inv in invocations],
+        "wall_s": sum(inv.get("wall_s", 0.0) for inv in invocations),
+    }
+    write(out, merged, OPS, combined)
+    data = json.loads(out.read_text())
+    data["meta"] = dict(combined, invocations=invocations)
+    out.write_text(json.dumps(data, indent=1))
+
+
 def write(out: Path, rows: list[dict[str, Any]], ops: tuple[str, ...], meta: dict[str, Any]) -> None:
     """Writes the JSON and the markdown table of the rows so far (a stopped run keeps what it measured)."""
     misses = targets([row for row in rows if not row.get("not_run")])
@@ -323,13 +372,17 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="wall seconds for the whole run; operations not started by then are recorded as not run")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/zoo.json on a full run)")
+    parser.add_argument("--merge", action="store_true",
+                        help="update --out (default results/zoo.json): the cells measured now replace the same "
+                             "(model, op) cells, the others are kept with the invocation that measured them")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "OP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(*args.one)), flush=True)
         return
     full = args.models == list(MODELS) and args.ops == list(OPS)
-    out = args.out or (RESULTS / "zoo.json" if full else None)
+    out = args.out or (RESULTS / "zoo.json" if full or args.merge else None)
+    earlier = load_earlier(out) if args.merge and out is not None and out.exists() else None
     meta: dict[str, Any] = {
         "command": "python " + " ".join(["benchmarks/zoo.py", *sys.argv[1:]]),
         "python": platform.python_version(),
@@ -358,8 +411,13 @@ def main() -> None:
             print(f"{name:<20} {op:<7} {status}", flush=True)
             if out is not None:
                 meta["wall_s"] = round(time.perf_counter() - start, 1)
-                write(out, rows, tuple(args.ops), meta)
-    table = markdown(rows, tuple(args.ops))
+                if earlier is None:
+                    write(out, rows, tuple(args.ops), meta)
+                else:
+                    write_merged(out, earlier, rows, meta)
+    if earlier is not None:
+        rows = merge_rows(earlier, rows, len(earlier["invocations"]))
+    table = markdown(rows, tuple(args.ops) if earlier is None else OPS)
     misses = targets([row for row in rows if not row.get("not_run")])
     print("\n" + table + "\n")
     print("Misses against the targets:" if misses else "No miss against the targets.")

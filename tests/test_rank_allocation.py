@@ -176,6 +176,39 @@ def test_choose_method_picks_the_lowest_measured_error() -> None:
     assert errors["tucker"] < 1e-4 < errors["svd"]
 
 
+def test_choose_method_on_a_matrix_fits_only_svd_which_no_tucker_or_cp_beats() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 48)
+    budget = factorized_param_count(linear, "svd", (12,))
+    config, errors = choose_method(linear, budget, ("svd", "tucker", "cp"))
+    assert config.method == "svd" and set(errors) == {"svd"}
+    # what the skipped methods would have reached at the same budget: never below the SVD's error
+    for method in ("tucker", "cp"):
+        only, other = choose_method(linear, budget, (method,))
+        assert only is not None and other[method] >= errors["svd"] - 1e-6
+    # without SVD among the candidates, Tucker and CP are fitted as before
+    _, errors = choose_method(nn.Conv2d(48, 96, 1), budget, ("tucker", "cp"))
+    assert set(errors) == {"tucker", "cp"}
+
+
+def test_hosvd_of_a_matrix_matches_the_truncated_svd_on_both_sides() -> None:
+    from tetra_lightning.decompose._linalg import hosvd_two_modes, leading_basis
+
+    torch.manual_seed(1)
+    for rows, cols in ((40, 120), (120, 40)):
+        matrix = torch.randn(rows, cols)
+        core, u_out, u_in = hosvd_two_modes(matrix[:, :, None, None], 10, 10)
+        approx = u_out @ core[:, :, 0, 0] @ u_in.T
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        best = (u[:, :10] * s[:10]) @ vh[:10]
+        assert torch.allclose(approx, best, atol=1e-4)
+        assert torch.allclose(u_out.T @ u_out, torch.eye(10), atol=1e-5)
+        assert torch.allclose(u_in.T @ u_in, torch.eye(10), atol=1e-5)
+        # the tall route of leading_basis spans the same subspace as the SVD's left vectors
+        basis = leading_basis(matrix, 10)
+        assert torch.allclose(basis @ basis.T, u[:, :10] @ u[:, :10].T, atol=1e-4)
+
+
 def test_allocation_on_factorized_layers_goes_further() -> None:
     model = MixedNet()
     dense = _count(model)

@@ -275,8 +275,12 @@ def _svd_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: in
 def _tucker_tails(layer: nn.Module, weight: torch.Tensor) -> tuple[list[float], list[float]]:
     blocks = _blocks(layer, weight)
     unfold_out = [block.reshape(block.shape[0], -1) for block in blocks]
+    tails_out = _group_tails(unfold_out)
+    if all(block[0].numel() == block.shape[1] for block in blocks):
+        # a matrix (Linear, 1x1 conv): both unfoldings have the same singular values
+        return tails_out, list(tails_out)
     unfold_in = [block.movedim(1, 0).reshape(block.shape[1], -1) for block in blocks]
-    return _group_tails(unfold_out), _group_tails(unfold_in)
+    return tails_out, _group_tails(unfold_in)
 
 
 def _tucker_curve(layer: nn.Module, weight: torch.Tensor, norm_sq: float, limit: int) -> list[RankOption]:
@@ -741,7 +745,10 @@ def choose_method(
     For each method the ranks with the lowest estimated error whose exact parameter count fits ``budget`` (for
     TT, whose error is not estimated, the largest uniform rank that fits) are decomposed with
     :func:`~tetra_lightning.decompose.decompose_layer`; the measured ``rel_error`` decides. Methods that do not
-    apply (TT on a grouped conv) or cannot meet the budget are left out.
+    apply (TT on a grouped conv) or cannot meet the budget are left out. On a matrix (a Linear, an ungrouped
+    ``1 x 1`` conv) Tucker-2 and CP are not fitted when SVD is a candidate: both are rank-``R`` products there, so
+    by Eckart-Young neither can have a lower error than the truncated SVD at the same budget (this halves the
+    time of ``method="auto"`` on classifier-heavy models such as AlexNet and VGG).
 
     Args:
         layer: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or a factorized layer.
@@ -762,6 +769,9 @@ def choose_method(
     """
     errors: dict[str, float] = {}
     best: tuple[float, int, Any] | None = None
+    shape = layer_shape(layer)
+    if "svd" in methods and shape.kernel_size == (1, 1) and shape.groups == 1:
+        methods = [m for m in methods if m not in ("tucker", "cp")]
     for order, method in enumerate(methods):
         if factorization(method).config_class in _ANALYTIC_CURVES:
             option = _best_option_within(layer_error_curve(layer, method), budget)
