@@ -123,3 +123,28 @@ def test_the_gaussian_process_interpolates_and_its_uncertainty_shrinks_at_the_da
     full_mean, full_std = gp.predict(np.array([[level, x[0, 1]] for level in range(33)]))
     np.testing.assert_allclose(line_mean[0], full_mean, atol=1e-9)
     np.testing.assert_allclose(line_std[0], full_std, atol=1e-9)
+
+
+def test_global_ei_candidates_and_multiscale_ascent_are_opt_in_and_still_find_the_optimum() -> None:
+    space = {"x": Float(-5.0, 10.0), "y": Float(0.0, 15.0)}
+    default = minimize(_branin, space, budget=30, seed=0)
+    tuned = minimize(_branin, space, budget=30, seed=0, random_candidates=128, multiscale=True)
+    assert tuned.best_value < 0.397887 + 0.05
+    # the options change the proposals (they are not silently ignored)
+    assert [h["params"] for h in tuned.history] != [h["params"] for h in default.history]
+    with pytest.raises(ValueError, match="random_candidates"):
+        minimize(_branin, space, budget=10, random_candidates=-1)
+
+
+def test_the_gaussian_process_works_on_a_thousand_levels_without_level_by_level_matrices() -> None:
+    coords = [np.linspace(0.0, 1.0, 1024), np.linspace(0.0, 1.0, 1024)]
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 1024, size=(25, 2))
+    y = np.cos(3 * x[:, 0] / 1023) * np.sin(2 * x[:, 1] / 1023)
+    gp = GridGP(coords, [1024, 1024], rng).fit(x, (y - y.mean()) / y.std())
+    assert not hasattr(gp, "level_dist")
+    mean, _ = gp.predict(x)
+    assert np.abs(mean - (y - y.mean()) / y.std()).max() < 0.05
+    line_mean, _ = gp.line(x[:1], 1)
+    full_mean, _ = gp.predict(np.array([[x[0, 0], level] for level in range(1024)]))
+    np.testing.assert_allclose(line_mean[0], full_mean, atol=1e-9)

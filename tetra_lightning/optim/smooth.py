@@ -150,6 +150,10 @@ class SmoothStrategy(Strategy):
         self.fail_tol = options.get("fail_tol", max(4, d))
         self.succ_tol = options.get("succ_tol", 3)
         self.transform = options.get("transform", "yj")
+        self.n_random = options.get("random_candidates", 0)
+        self.multiscale = bool(options.get("multiscale", False))
+        if isinstance(self.n_random, bool) or not isinstance(self.n_random, (int, np.integer)) or self.n_random < 0:
+            raise ValueError(f"`random_candidates` must be a non-negative int, got {self.n_random!r}.")
         restart = options.get("restart", 0)
         if not 0.0 < self.tr_min <= self.tr_init <= 1.0:
             raise ValueError(f"the trust region needs 0 < tr_min <= tr_init <= 1 (unit widths), got tr_min="
@@ -314,7 +318,15 @@ class SmoothStrategy(Strategy):
             lo, hi = np.zeros(d, dtype=np.int64), np.array(self.sizes) - 1
         # coordinate ascent of log EI along the TT's modes, inside the box, from the best points and random ones
         order = np.argsort(-y)
-        starts = [center, x[order[1]]] + [rng.integers(lo, hi + 1) for _ in range(2)]
+        uniform = None
+        if self.n_random and not local:
+            # as Optuna's GPSampler: uniform candidates over the whole space, the two best by EI start ascents
+            uniform = rng.integers(lo, hi + 1, size=(int(self.n_random), d))
+            mean, std = gp.predict(uniform)
+            top = uniform[np.argsort(-log_ei(mean, std, best))[:2]]
+            starts = [center, x[order[1]], *top]
+        else:
+            starts = [center, x[order[1]]] + [rng.integers(lo, hi + 1) for _ in range(2)]
         starts = np.clip(np.array(starts), lo, hi)
         ascent = self._ei_ascent(gp, starts, lo, hi, best)
         # perturbations of the incumbent inside the box (as TuRBO): a random subset of the dimensions moves
@@ -323,6 +335,8 @@ class SmoothStrategy(Strategy):
         mask[np.arange(m), rng.integers(0, d, size=m)] = True
         pert = np.where(mask, rng.integers(lo, hi + 1, size=(m, d)), center[None, :])
         cand = np.concatenate([ascent, pert])
+        if uniform is not None:
+            cand = np.concatenate([cand, uniform])
         free = np.array([opt._is_free(t) and t not in taken for t in map(tuple, cand.tolist())], dtype=bool)
         if not free.any():
             return None
@@ -342,7 +356,11 @@ class SmoothStrategy(Strategy):
                     continue
                 span = np.arange(lo[k], hi[k] + 1)
                 if len(span) > 40:
-                    near = np.concatenate([x[:, k][:, None] + np.arange(-3, 4)[None, :]]).ravel()
+                    offsets = np.arange(-3, 4)
+                    if self.multiscale:  # and every power-of-two step: coarse to fine around each point
+                        steps = 2 ** np.arange(2, int(math.log2(len(span))) + 1)
+                        offsets = np.concatenate([offsets, steps, -steps])
+                    near = (x[:, k][:, None] + offsets[None, :]).ravel()
                     spread = np.unique(np.round(np.linspace(lo[k], hi[k], 24)).astype(np.int64))
                     span = np.unique(np.concatenate([spread, np.clip(near, lo[k], hi[k])]))
                 mean, std = gp.line(x, k, span)

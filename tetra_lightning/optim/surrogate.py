@@ -91,19 +91,21 @@ class GridGP:
         self.d = len(coords)
         self.levels = [int(v) for v in levels]
         self.ordinal = np.array([c is not None for c in coords], dtype=bool)
-        # level-to-level distance matrices: |u_i - u_j| for ordinal, [i != j] for categorical
-        self.level_dist = []
-        for c, n in zip(coords, self.levels, strict=True):
-            if c is None:
-                self.level_dist.append(1.0 - np.eye(n))
-            else:
-                c = np.asarray(c, dtype=float)
-                self.level_dist.append(np.abs(c[:, None] - c[None, :]))
+        # distances between levels are computed where needed (|u_i - u_j| for ordinal, [i != j] for categorical):
+        # a 1024-level axis would otherwise cost a million-entry matrix per dimension and per fit
+        self.coords = [None if c is None else np.asarray(c, dtype=float) for c in coords]
         self.rng = rng if rng is not None else np.random.default_rng(0)
+
+    def _dist(self, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Distances between the levels ``a`` and ``b`` of dimension ``k``, ``(len(a), len(b))``."""
+        c = self.coords[k]
+        if c is None:
+            return (a[:, None] != b[None, :]).astype(float)
+        return np.abs(c[a][:, None] - c[b][None, :])
 
     # ------------------------------------------------------------------ hyperparameters
     def _pair_dists(self, x: np.ndarray) -> np.ndarray:
-        return np.stack([self.level_dist[k][np.ix_(x[:, k], x[:, k])] for k in range(self.d)])
+        return np.stack([self._dist(k, x[:, k], x[:, k]) for k in range(self.d)])
 
     def _optimize_hypers(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         n, d = x.shape
@@ -183,14 +185,6 @@ class GridGP:
         n, d = x.shape
         self.x, self.mu = x, float(y.mean())
         yc = y - self.mu
-        # per dimension: kernel between every level and every observation's level, (levels_k, n)
-        self.factors = []
-        self.main_factors = []
-        for k in range(d):
-            kern, _ = _kernel_and_grad(self.level_dist[k][:, x[:, k]][None], self.lengthscales[k:k + 1],
-                                       self.ordinal[k:k + 1])
-            self.factors.append(kern[0])
-            self.main_factors.append(kern[0] if self.ordinal[k] else (self.level_dist[k][:, x[:, k]] == 0) * 1.0)
         cov = self._cross(x) + (self.noise + 1e-8) * np.eye(n)
         chol = np.linalg.cholesky(cov)
         self._chol_inv = np.linalg.inv(chol)  # lower triangular: variances are one matrix product away
@@ -204,10 +198,22 @@ class GridGP:
         other._condition(np.asarray(x, dtype=np.int64), np.asarray(y, dtype=float))
         return other
 
+    def _factors(self, k: int, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel of dimension ``k`` between ``levels`` and the observations, ``(len(levels), n)``: the factor of
+        the interaction term and the main effect's (equal for ordinal dimensions, ``[same choice]`` for
+        categorical ones)."""
+        dist = self._dist(k, np.asarray(levels, dtype=np.int64), self.x[:, k])
+        kern, _ = _kernel_and_grad(dist[None], self.lengthscales[k:k + 1], self.ordinal[k:k + 1])
+        return kern[0], (kern[0] if self.ordinal[k] else (dist == 0) * 1.0)
+
     def _cross(self, idx: np.ndarray) -> np.ndarray:
         """Prior covariance between grid points ``idx`` (m, d) and the observations, (m, n)."""
-        main = sum(self.amplitudes[k] * self.main_factors[k][idx[:, k]] for k in range(self.d))
-        prod = np.prod(np.stack([self.factors[k][idx[:, k]] for k in range(self.d)]), axis=0)
+        main = np.zeros((len(idx), len(self.x)))
+        prod = np.ones((len(idx), len(self.x)))
+        for k in range(self.d):
+            kern, main_k = self._factors(k, idx[:, k])
+            main += self.amplitudes[k] * main_k
+            prod *= kern
         return main + self.interaction * prod
 
     def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,11 +243,13 @@ class GridGP:
         main_rest = np.zeros((m, n))
         prod_rest = np.ones((m, n))
         for j in others:
-            main_rest += self.amplitudes[j] * self.main_factors[j][idx[:, j]]
-            prod_rest *= self.factors[j][idx[:, j]]
+            kern, main_j = self._factors(j, idx[:, j])
+            main_rest += self.amplitudes[j] * main_j
+            prod_rest *= kern
+        kern_k, main_k = self._factors(k, lv)
         # cross covariance for every (point, level): (m, L, n)
-        cross = (main_rest[:, None, :] + self.amplitudes[k] * self.main_factors[k][lv][None, :, :]
-                 + self.interaction * prod_rest[:, None, :] * self.factors[k][lv][None, :, :])
+        cross = (main_rest[:, None, :] + self.amplitudes[k] * main_k[None, :, :]
+                 + self.interaction * prod_rest[:, None, :] * kern_k[None, :, :])
         flat = cross.reshape(-1, n)
         mean = self.mu + flat @ self.alpha
         v = flat @ self._chol_inv.T

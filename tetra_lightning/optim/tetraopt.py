@@ -114,7 +114,11 @@ class TetraOpt:
             proposed again.
         options: method-specific settings: ``als_sweeps`` (2), ``prox`` (1.0), ``ridge`` (1.0), ``restart``
             (evaluations without improvement before a new search epoch; default 2.5x the number of one-coordinate
-            neighbors of a point, at least 30; 0 turns restarts off) for ``tetra``;
+            neighbors of a point, at least 30; 0 turns restarts off) for ``tetra``; on smooth spaces also
+            ``random_candidates`` (0: uniform candidates scored by expected improvement in every global step, the
+            best two starting the fibre-wise ascent, as Optuna's GPSampler) and ``multiscale`` (False: the ascent
+            also tries power-of-two steps away from every observed level on axes of more than 40 levels), both off
+            by default (not better on ``benchmarks/hpo.py`` yet);
             ``batch`` (10), ``elite`` (3), ``lr`` (0.1), ``gd_steps`` (3) for ``protes``.
 
     Raises:
@@ -158,7 +162,8 @@ class TetraOpt:
         if n_init is not None and (not isinstance(n_init, (int, np.integer)) or n_init < 1):
             raise ValueError(f"`n_init` must be a positive int or None, got {n_init!r}.")
         known = {"als_sweeps", "prox", "ridge", "local_elite", "clip", "restart", "batch", "elite", "lr", "gd_steps",
-                 "smooth", "refine_scale", "tr_init", "tr_min", "fail_tol", "succ_tol", "transform", "acq"}
+                 "smooth", "refine_scale", "tr_init", "tr_min", "fail_tol", "succ_tol", "transform", "acq",
+                 "random_candidates", "multiscale"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for TetraOpt; known options are {sorted(known)}.")
