@@ -148,3 +148,34 @@ def test_the_gaussian_process_works_on_a_thousand_levels_without_level_by_level_
     line_mean, _ = gp.line(x[:1], 1)
     full_mean, _ = gp.predict(np.array([[x[0, 0], level] for level in range(1024)]))
     np.testing.assert_allclose(line_mean[0], full_mean, atol=1e-9)
+
+
+def test_a_deterministic_objective_caps_the_noise_so_one_sample_steps_on_a_plateau_stay_visible() -> None:
+    rng = np.random.default_rng(0)
+    coords = [np.linspace(0.0, 1.0, 128), np.linspace(0.0, 1.0, 128)]
+    x = rng.integers(0, 128, size=(30, 2))
+    # a cliff and a plateau whose values differ by one validation sample (a cross-validated accuracy)
+    y = np.where(x[:, 0] / 127.0 < 0.2, -3.0, 0.0) + 0.05 * rng.integers(0, 3, size=30)
+    z = (y - y.mean()) / y.std()
+    free = GridGP(coords, [128, 128], np.random.default_rng(0)).fit(x, z)
+    exact = GridGP(coords, [128, 128], np.random.default_rng(0), max_noise=1e-4).fit(x, z)
+    assert free.noise > 3e-4  # the free fit explains the steps as noise
+    assert exact.noise <= 1e-4 * (1 + 1e-9)
+    free_err = np.abs(free.predict(x)[0] - z).max()
+    exact_err = np.abs(exact.predict(x)[0] - z).max()
+    assert exact_err < 0.01 < free_err
+
+
+def test_deterministic_objective_sets_the_noise_cap_and_bad_values_name_the_fix() -> None:
+    sampler = TetraOptSampler(seed=0, deterministic_objective=True)
+    assert sampler._optimizer_kwargs["max_noise"] == 1e-4
+    # an explicit option wins
+    assert TetraOptSampler(seed=0, deterministic_objective=True,
+                           optimizer_kwargs={"max_noise": 1e-3})._optimizer_kwargs["max_noise"] == 1e-3
+    with pytest.raises(ValueError, match="deterministic_objective"):
+        TetraOptSampler(deterministic_objective="yes")  # type: ignore[arg-type]
+    space = {"x": Float(0.0, 1.0)}
+    with pytest.raises(ValueError, match="max_noise.*1e-4"):
+        minimize(lambda p: p["x"], space, budget=10, max_noise=2.0)
+    res = minimize(lambda p: (p["x"] - 0.3) ** 2, space, budget=12, seed=0, max_noise=1e-4)
+    assert res.best_value < 1e-3

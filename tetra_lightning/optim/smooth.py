@@ -152,6 +152,11 @@ class SmoothStrategy(Strategy):
         self.transform = options.get("transform", "yj")
         self.n_random = options.get("random_candidates", 0)
         self.multiscale = bool(options.get("multiscale", False))
+        self.max_noise = options.get("max_noise", 1.0)
+        if isinstance(self.max_noise, bool) or not isinstance(self.max_noise, (int, float)) \
+                or not 0.0 < self.max_noise <= 1.0:
+            raise ValueError(f"`max_noise` must be a float in (0, 1], got {self.max_noise!r}. Use a small value "
+                             f"such as 1e-4 for a deterministic objective.")
         if isinstance(self.n_random, bool) or not isinstance(self.n_random, (int, np.integer)) or self.n_random < 0:
             raise ValueError(f"`random_candidates` must be a non-negative int, got {self.n_random!r}.")
         restart = options.get("restart", 0)
@@ -277,7 +282,7 @@ class SmoothStrategy(Strategy):
                                                    replace=False)])
             x, y = x[keep], y[keep]
         scores = warp_scores(y, self.transform)
-        gp = GridGP(self.coords, self.sizes, opt._rng).fit(x, scores)
+        gp = GridGP(self.coords, self.sizes, opt._rng, max_noise=float(self.max_noise)).fit(x, scores)
         center = x[int(np.argmax(y))]
         best = float(scores.max())
         while len(out) < n:

@@ -73,6 +73,11 @@ class GridGP:
         coords: per dimension, the unit coordinates of its grid levels (ordinal) or ``None`` (categorical).
         levels: number of levels of every dimension.
         rng: random generator (subsampling for the hyperparameters on long histories).
+        max_noise: the largest noise variance the evidence may choose, on standardized values (1.0); a small
+            value (1e-4) makes the posterior interpolate a deterministic objective.
+
+    Raises:
+        ValueError: for ``max_noise`` outside (0, 1].
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -87,7 +92,10 @@ class GridGP:
     """
 
     def __init__(self, coords: Sequence[np.ndarray | None], levels: Sequence[int],
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, max_noise: float = 1.0) -> None:
+        if not 0.0 < max_noise <= 1.0:
+            raise ValueError(f"`max_noise` must be in (0, 1] (a variance on standardized values), got {max_noise!r}.")
+        self.max_noise = float(max_noise)
         self.d = len(coords)
         self.levels = [int(v) for v in levels]
         self.ordinal = np.array([c is not None for c in coords], dtype=bool)
@@ -148,8 +156,10 @@ class GridGP:
             grad[d + 1:2 * d + 1] += 0.25 * lt
             return value, grad
 
-        theta0 = np.concatenate([np.full(d, center), [math.log(0.5)], np.full(d, math.log(0.5)), [math.log(1e-3)]])
-        bounds = ([_LOG_AMPLITUDE_BOUNDS] * (d + 1) + [_LOG_LENGTHSCALE_BOUNDS] * d + [_LOG_NOISE_BOUNDS])
+        noise_bounds = (min(_LOG_NOISE_BOUNDS[0], math.log(self.max_noise)), math.log(self.max_noise))
+        theta0 = np.concatenate([np.full(d, center), [math.log(0.5)], np.full(d, math.log(0.5)),
+                                 [min(math.log(1e-3), noise_bounds[1])]])
+        bounds = ([_LOG_AMPLITUDE_BOUNDS] * (d + 1) + [_LOG_LENGTHSCALE_BOUNDS] * d + [noise_bounds])
         return _minimize_bounded(neg_evidence, theta0, bounds)
 
     # ------------------------------------------------------------------ fitting

@@ -29,6 +29,9 @@ from tetra_lightning.tuner.space import (
 
 log = logging.getLogger("tetra_lightning.tuner")
 
+# noise variance bound (standardized values) under deterministic_objective=True
+DETERMINISTIC_MAX_NOISE = 1e-4
+
 
 class TetraOptSampler(BaseSampler):
     """An Optuna sampler that proposes each trial's params with ``tetra_lightning.optim.TetraOpt``.
@@ -64,6 +67,10 @@ class TetraOptSampler(BaseSampler):
         budget: the study's planned number of trials (informational for TetraOpt's schedule; ``None``).
         optimizer_kwargs: extra ``TetraOpt`` arguments (``method``, ``rank``, ``n_init``, ...).
         fallback_sampler: sampler for independent params (default ``RandomSampler(seed)``).
+        deterministic_objective: the objective returns the same value for the same params (a seeded training
+            run, a cross-validation with a fixed split), as Optuna's ``GPSampler(deterministic_objective=True)``:
+            on continuous spaces the Gaussian process then interpolates the values instead of fitting a noise
+            level, which keeps small differences on a plateau visible (TetraOpt option ``max_noise=1e-4``).
 
     Raises:
         ValueError: for an empty ``search_space`` or a bad ``float_grid``; at the first trial of a
@@ -88,6 +95,7 @@ class TetraOptSampler(BaseSampler):
         budget: int | None = None,
         optimizer_kwargs: Mapping[str, Any] | None = None,
         fallback_sampler: BaseSampler | None = None,
+        deterministic_objective: bool = False,
     ) -> None:
         if isinstance(float_grid, bool) or not isinstance(float_grid, int) or float_grid < 2:
             raise ValueError(f"`float_grid` must be an int >= 2, got {float_grid!r}. Pass e.g. float_grid=128.")
@@ -100,6 +108,10 @@ class TetraOptSampler(BaseSampler):
         for reserved in ("space", "seed", "direction", "budget"):
             if reserved in self._optimizer_kwargs:
                 raise ValueError(f"`optimizer_kwargs` must not set {reserved!r}: the sampler sets it.")
+        if not isinstance(deterministic_objective, bool):
+            raise ValueError(f"`deterministic_objective` must be a bool, got {deterministic_objective!r}.")
+        if deterministic_objective:
+            self._optimizer_kwargs.setdefault("max_noise", DETERMINISTIC_MAX_NOISE)
         self._fallback = fallback_sampler if fallback_sampler is not None else RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace(include_pruned=True)
         self._warned_exhausted = False
