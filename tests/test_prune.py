@@ -142,3 +142,45 @@ def test_prune_config_and_keywords_prune_the_same_channels() -> None:
 def test_prune_config_bad_inputs(make, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         make()
+
+
+class _StoredWidthNet(nn.Module):
+    """Reshapes by a stored width (as MaxViT's attention reshapes by its head size): torch-pruning cannot follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3)
+        self.conv2 = nn.Conv2d(16, 16, 3)
+        self.head = nn.Linear(16, 4)
+        self.width = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
+        return self.head(x.reshape(x.shape[0], self.width))
+
+
+def test_a_group_whose_pruning_breaks_the_forward_keeps_its_channels_with_the_reason() -> None:
+    torch.manual_seed(0)
+    net = _StoredWidthNet()
+    x = torch.randn(1, 3, 8, 8)
+    history = prune_(net, x, pruning_ratio=0.5)
+    assert net.conv1.out_channels == 8 and net.conv2.in_channels == 8  # the group before the reshape is pruned
+    assert net.conv2.out_channels == 16 and net.head.in_features == 16  # the one reaching it is kept
+    assert "breaks the forward" in history[0]["unpruned"]["conv2"]
+    assert net(x).shape == (1, 4)
+    rebuilt = restore_pruned_structure(_StoredWidthNet(), history)
+    rebuilt.load_state_dict(net.state_dict())
+    assert torch.equal(rebuilt(x), net(x))
+
+
+def test_a_model_whose_only_group_breaks_the_forward_is_left_unpruned_with_an_error_naming_the_fix() -> None:
+    torch.manual_seed(0)
+    net = _StoredWidthNet()
+    x = torch.randn(1, 3, 8, 8)
+    expected = net(x)
+    params = list(net.parameters())
+    with pytest.raises(RuntimeError, match="breaks the forward.*ignored_layers"):
+        prune_(net, x, pruning_ratio=0.5, ignored_layers=["conv1"])
+    assert net.conv2.out_channels == 16 and net.head.in_features == 16
+    assert [id(p) for p in net.parameters()] == [id(p) for p in params]  # an optimizer's references stay valid
+    assert torch.equal(net(x), expected)

@@ -294,11 +294,15 @@ def _run_pruner(
     config: PruneConfig,
     ignored: list[nn.Module],
     untouched: list[dict[str, Any]] | None = None,
+    verify_forward: bool = False,
 ) -> _PruneRun:
     """Prunes ``model`` in place at ``pruning_ratio`` and returns the recorded ``[name, direction, removed]`` ops.
 
     A group of coupled channels whose removal would untie shared parameters (tied weights) is left alone and
     reported in ``untouched``; the holders of a tie pruned consistently share one parameter again afterwards.
+    With ``verify_forward``, the model runs one forward after each group is pruned; a group after which the
+    forward fails or changes the output shapes (a reshape by a size the module stores, which torch-pruning does
+    not follow) is undone and listed in ``unpruned`` with the error.
 
     Raises:
         RuntimeError: when nothing could be pruned because every channel group reaches an operation torch-pruning
@@ -318,6 +322,7 @@ def _run_pruner(
     was_training = model.training
     model.eval()  # tracing runs a forward: keep BatchNorm running statistics untouched
     run = _PruneRun()
+    expected = _output_shapes(model, example_inputs) if verify_forward else None
     try:
         with torch.enable_grad():  # the dependency graph follows autograd nodes
             pruner = build_pruner(
@@ -371,11 +376,23 @@ def _run_pruner(
                             }
                         )
                     continue
+                before = (_snapshot(model), _graph_state(graph)) if verify_forward else None
                 group.prune()
+                if before is not None:
+                    failure = _forward_failure(model, example_inputs, expected)
+                    if failure is not None:
+                        _restore_in_place(before[0])
+                        _restore_graph_state(graph, before[1])
+                        root = next((name for name, direction, _ in group_operations if direction == "out"), None)
+                        run.unpruned[root or group_operations[0][0]] = (
+                            f"pruning its channel group breaks the forward ({failure}): a size the model stores "
+                            "is not one torch-pruning follows; channels kept"
+                        )
+                        continue
                 run.operations.extend(group_operations)
                 run.parameter_dims.update(group_dims)
                 _retie(model, ties)
-            run.unpruned = dict(graph.skipped)
+            run.unpruned = {**graph.skipped, **run.unpruned}
     finally:
         model.train(was_training)
     run.attributes = _dimension_attributes(model)
@@ -452,7 +469,10 @@ def prune_(
     models are handled. Channel groups torch-pruning cannot follow (a channel shuffle, a layer whose weight the
     forward reads directly as Swin's attention does, or a dependency search past a fixed budget) keep their
     channels and are listed with the reason under ``"unpruned"``; the search is bounded, so memory and time stay
-    bounded too. Parameters are replaced by new, smaller ones: rebuild any optimizer afterwards.
+    bounded too. The pruned model runs one forward: if it fails (a reshape by a size the model stores, as MaxViT's
+    attention does), everything is undone and pruned again with a forward after each group, and the groups that
+    break it keep their channels (listed under ``"unpruned"`` with the error). Parameters are replaced by new,
+    smaller ones: rebuild any optimizer afterwards.
     Tied weights stay tied: a group that removes the same slices from every module sharing a parameter (an
     embedding and the output layer tied to it) is pruned and the modules share the smaller parameter; a group
     that would untie them is left alone, with a warning and a reason in the entry's ``"untouched"``.
@@ -476,7 +496,7 @@ def prune_(
         ValueError: for an invalid config, an unknown layer name, or ``importance="taylor"`` without gradients.
         TypeError: for a ``config`` that is not a PruneConfig, or both a config and keyword fields.
         RuntimeError: when no channel group can be pruned because each reaches an operation torch-pruning cannot
-            handle (the message lists them).
+            handle or breaks the forward (the message lists them; the model is left unpruned).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.AdaptiveAvgPool2d(1),
@@ -504,7 +524,15 @@ def prune_(
         ratio = _solve_ratio(model, example_inputs, config, filter_fn)
     ignored = _resolve_ignored(model, example_inputs, config, filter_fn)
     untouched: list[dict[str, Any]] = []
+    snapshot = _snapshot(model)
     run = _run_pruner(model, example_inputs, ratio, config, ignored, untouched)
+    if _forward_failure(model, example_inputs) is not None:
+        # Some group reaches a reshape by a stored size; prune again, checking the forward after every group.
+        _restore_in_place(snapshot)
+        untouched.clear()
+        run = _run_pruner(model, example_inputs, ratio, config, ignored, untouched, verify_forward=True)
+    _check_forward_or_restore(model, snapshot, example_inputs)
+    del snapshot
     operations = run.operations
     if computed_grads:
         model.zero_grad(set_to_none=True)
@@ -536,6 +564,84 @@ def prune_(
             stacklevel=2,
         )
     return [entry]
+
+
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Each module's attributes, its parameter and buffer dicts copied: pruning replaces parameters, buffers and
+    sizes by new objects (torch-pruning never resizes a tensor in place), so this shallow copy is enough to undo it
+    without a second copy of the weights (or of a LightningModule's trainer)."""
+    return [
+        (module, {key: (value.copy() if key in ("_parameters", "_buffers") else value)
+                  for key, value in module.__dict__.items() if key != "_modules"})
+        for module in model.modules()
+    ]
+
+
+def _restore_in_place(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    """Puts the snapshot's attributes back into the same module objects (references to them stay valid)."""
+    for module, saved in snapshot:
+        module.__dict__.update(saved)
+
+
+def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
+    """The shapes of the tensors of one forward of ``model`` (eval mode, no gradients)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [tuple(t.shape) for t in _tensors(model(*_as_args(example_inputs)))]
+    finally:
+        model.train(was_training)
+
+
+def _forward_failure(
+    model: nn.Module, example_inputs: Any, expected: list[tuple[int, ...]] | None = None
+) -> str | None:
+    """Why one forward of ``model`` fails or changes the output shapes from ``expected``; ``None`` when it works."""
+    _set_attributes(model, _dimension_attributes(model))
+    try:
+        shapes = _output_shapes(model, example_inputs)
+    except Exception as err:  # noqa: BLE001 - any failure means the pruned graph is inconsistent
+        return f"{type(err).__name__}: {err}"
+    if expected is not None and shapes != expected:
+        return f"the outputs have shapes {shapes} instead of {expected}"
+    return None
+
+
+def _graph_state(graph: Any) -> tuple[dict[Any, Any], dict[Any, Any], list[tuple[Any, Any]]]:
+    """What ``Group.prune`` changes in torch-pruning's graph: a pruned parameter replaces its key and node module."""
+    return dict(graph.module2node), dict(graph._param_to_name), [(n, n.module) for n in graph.module2node.values()]
+
+
+def _restore_graph_state(graph: Any, state: tuple[dict[Any, Any], dict[Any, Any], list[tuple[Any, Any]]]) -> None:
+    module2node, param_to_name, node_modules = state
+    graph.module2node.clear()
+    graph.module2node.update(module2node)
+    graph._param_to_name.clear()
+    graph._param_to_name.update(param_to_name)
+    for node, module in node_modules:
+        node.module = module
+
+
+def _check_forward_or_restore(
+    model: nn.Module, snapshot: list[tuple[nn.Module, dict[str, Any]]], example_inputs: Any
+) -> None:
+    """Runs one forward of the pruned ``model``; if it fails, restores ``model`` from ``snapshot`` and raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_as_args(example_inputs))
+    except Exception as err:  # noqa: BLE001 - any failure means the pruned graph is inconsistent
+        _restore_in_place(snapshot)
+        raise RuntimeError(
+            f"prune_ pruned {type(model).__name__} into a model whose forward fails ({type(err).__name__}: {err}); "
+            "the model was restored unpruned. Some operation reads a size that torch-pruning does not follow "
+            "(a reshape by a stored width, as MaxViT's attention does): pass the modules around it in "
+            "`ignored_layers`, or compress this model with compress_ instead."
+        ) from err
+    finally:
+        model.train(was_training)
 
 
 def _solve_ratio(
