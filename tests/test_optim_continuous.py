@@ -24,10 +24,11 @@ def _branin(p: dict) -> float:
     return (y - b * x * x + c * x - 6) ** 2 + 10 * (1 - t) * math.cos(x) + 10
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_continuous_branin_within_one_percent_of_its_minimum_in_30_evaluations(seed: int) -> None:
-    res = minimize(_branin, {"x": Float(-5.0, 10.0), "y": Float(0.0, 15.0)}, budget=30, seed=seed)
-    assert res.best_value < 0.397887 + 0.05  # three global minima of 0.397887
+def test_continuous_branin_near_its_minimum_in_30_evaluations_on_most_seeds() -> None:
+    gaps = [minimize(_branin, {"x": Float(-5.0, 10.0), "y": Float(0.0, 15.0)}, budget=30, seed=seed).best_value
+            - 0.397887 for seed in range(6)]  # three global minima of 0.397887
+    assert max(gaps) < 0.1
+    assert sum(gap < 0.01 for gap in gaps) >= 5
 
 
 def test_log_scaled_learning_rate_and_weight_decay_found_within_a_factor_of_two() -> None:
@@ -179,3 +180,39 @@ def test_deterministic_objective_sets_the_noise_cap_and_bad_values_name_the_fix(
         minimize(lambda p: p["x"], space, budget=10, max_noise=2.0)
     res = minimize(lambda p: (p["x"] - 0.3) ** 2, space, budget=12, seed=0, max_noise=1e-4)
     assert res.best_value < 1e-3
+
+
+def _rotated_ellipsoid(seed: int, condition: float = 1e4):
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    scales = condition ** (np.arange(3) / 2)
+    center = rng.uniform(-3.0, 3.0, 3)
+    return lambda p: float(scales @ (rotation @ (np.array([p["a"], p["b"], p["c"]]) - center)) ** 2)
+
+
+def test_a_rotated_ill_conditioned_bowl_is_searched_along_its_valley() -> None:
+    # BBOB's f10 in miniature: the old defaults (Yeo-Johnson warping, which makes the bowl a log funnel, and only
+    # axis-subset perturbations, which cannot move along a diagonal valley) end several times further away
+    space = {k: Float(-5.0, 5.0) for k in "abc"}
+
+    def geometric_mean_best(**options: object) -> float:
+        best = [minimize(_rotated_ellipsoid(s), space, budget=40, seed=s, **options).best_value for s in range(4)]
+        return float(np.exp(np.mean(np.log(best))))
+
+    new = geometric_mean_best()
+    old = geometric_mean_best(transform="yj", gauss_candidates=0)
+    assert new < 50.0 < 100.0 < old
+
+
+def test_clipped_scores_keep_good_values_evenly_spaced_and_bound_a_diverged_run() -> None:
+    from tetra_lightning.optim.smooth import warp_scores
+
+    y = -np.array([1e9, 4.0, 3.0, 2.0, 1.0])  # larger is better: one diverged run and an even staircase
+    clip, yj = warp_scores(y, "clip"), warp_scores(y, "yj")
+    np.testing.assert_allclose(np.diff(clip[1:]), np.diff(clip[1:])[0])  # a bowl stays a bowl
+    assert np.ptp(np.diff(yj[1:])) > 0.05  # the power transform bends it
+    assert clip[0] > clip[1] - 10.0  # the diverged run is clipped, not 1e9 away
+    with pytest.raises(ValueError, match="transform.*clip"):
+        minimize(lambda p: p["a"], {"a": Float(0.0, 1.0)}, budget=8, transform="log")
+    with pytest.raises(ValueError, match="gauss_candidates"):
+        minimize(lambda p: p["a"], {"a": Float(0.0, 1.0)}, budget=8, gauss_candidates=-1)

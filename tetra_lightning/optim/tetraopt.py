@@ -118,7 +118,10 @@ class TetraOpt:
             ``random_candidates`` (0: uniform candidates scored by expected improvement in every global step, the
             best two starting the fibre-wise ascent, as Optuna's GPSampler) and ``multiscale`` (False: the ascent
             also tries power-of-two steps away from every observed level on axes of more than 40 levels), both off
-            by default (not better on ``benchmarks/hpo.py`` yet), and ``max_noise`` (1.0: the largest noise variance
+            by default (not better on ``benchmarks/hpo.py`` yet), ``gauss_candidates`` (192: Gaussian steps of the
+            incumbent in every axis at once among the candidates, 0 turns them off), ``transform`` (``"clip"``: how
+            values are standardized for the surrogate, see :func:`~tetra_lightning.optim.smooth.warp_scores`) and
+            ``max_noise`` (1.0: the largest noise variance
             the Gaussian process may fit, on standardized values; ``TetraOptSampler(deterministic_objective=True)``
             sets 1e-4);
             ``batch`` (10), ``elite`` (3), ``lr`` (0.1), ``gd_steps`` (3) for ``protes``.
@@ -165,7 +168,7 @@ class TetraOpt:
             raise ValueError(f"`n_init` must be a positive int or None, got {n_init!r}.")
         known = {"als_sweeps", "prox", "ridge", "local_elite", "clip", "restart", "batch", "elite", "lr", "gd_steps",
                  "smooth", "refine_scale", "tr_init", "tr_min", "fail_tol", "succ_tol", "transform", "acq",
-                 "random_candidates", "multiscale", "max_noise"}
+                 "random_candidates", "multiscale", "max_noise", "gauss_candidates"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for TetraOpt; known options are {sorted(known)}.")
