@@ -11,13 +11,13 @@ the GP fits badly). A proposal maximizes the log expected improvement by coordin
 (each mode's levels evaluated in one batch, the other coordinates fixed: the rank-1 case of TTOpt's maxvol cross
 sweep over the acquisition tensor) from the best points and random starts, plus random perturbations of the
 incumbent (as TuRBO: a random subset of the axes, and ``gauss_candidates`` Gaussian steps of every axis at once,
-the diagonal moves a rotated valley needs); a share ``local_fraction`` of the proposals is searched inside a trust region around the incumbent
-whose width doubles after ``succ_tol`` improvements in a row and halves after ``fail_tol`` evaluations without one
-(it opens again once it falls below ``tr_min``). The trust region moves on the told history alone, so the Optuna
-sampler, which rebuilds the optimizer from the study for every trial, follows the same region as an optimizer
-told one point at a time. After a small Latin-hypercube design (``n_init``, default 6) every proposal is
-model-based; GP and TPE samplers start with 10 random trials. Batches use the kriging believer (a pending point
-counts as observed at its predicted mean). Failed evaluations are modelled as the worst value seen.
+the diagonal moves a rotated valley needs); a share ``local_fraction`` of the proposals is searched inside a trust
+region around the incumbent whose width doubles after ``succ_tol`` improvements in a row and halves after
+``fail_tol`` evaluations without one (it opens again once it falls below ``tr_min``). The trust region moves on the
+told history alone, so the Optuna sampler, which rebuilds the optimizer from the study for every trial, follows the
+same region as an optimizer told one point at a time. After a small Latin-hypercube design (``n_init``, default 6)
+every proposal is model-based; GP and TPE samplers start with 10 random trials. Batches use the kriging believer (a
+pending point counts as observed at its predicted mean). Failed evaluations are modelled as the worst value seen.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ DEFAULT_LOCAL_FRACTION = 0.3
 TR_INIT = 0.5
 TRANSFORMS = ("clip", "yj", "rank", "raw")
 DEFAULT_GAUSS_CANDIDATES = 192
+# the largest noise variance the GP may fit by default (standardized values): a hundredth of the variance
+DEFAULT_MAX_NOISE = 0.01
 # an Int of more values than this is searched as a fine (ordinal) axis
 _WIDE_INT = 32
 
@@ -71,8 +73,9 @@ def warp_scores(y: np.ndarray, transform: str) -> np.ndarray:
     ``"clip"`` (default): a loss further than 5 interquartile ranges of the good half above the median (a diverged
     run, a function's far walls) is clipped there, the others are kept as they are, so a smooth minimum stays
     smooth. ``"yj"``: the clipped losses then Yeo-Johnson-transformed with the maximum-likelihood exponent, as HEBO
-    does (the default before this release: on ``benchmarks/hpo.py`` it turned the quadratic bowls of BBOB into log funnels
-    and scored 0.05 lower at 80 trials). ``"rank"``: normal scores of the ranks. ``"raw"``: the values as they are.
+    does (the default before this release: on ``benchmarks/hpo.py`` it turned the quadratic bowls of BBOB into log
+    funnels and scored 0.05 lower at 80 trials). ``"rank"``: normal scores of the ranks. ``"raw"``: the values as they
+    are.
 
     Example:
         >>> z = warp_scores(np.array([-1e6, -3.0, -2.0, -1.0]), "clip")
@@ -166,7 +169,7 @@ class SmoothStrategy(Strategy):
         self.gauss = options.get("gauss_candidates", DEFAULT_GAUSS_CANDIDATES)
         if isinstance(self.gauss, bool) or not isinstance(self.gauss, (int, np.integer)) or self.gauss < 0:
             raise ValueError(f"`gauss_candidates` must be a non-negative int, got {self.gauss!r}.")
-        self.max_noise = options.get("max_noise", 1.0)
+        self.max_noise = options.get("max_noise", DEFAULT_MAX_NOISE)
         if isinstance(self.max_noise, bool) or not isinstance(self.max_noise, (int, float)) \
                 or not 0.0 < self.max_noise <= 1.0:
             raise ValueError(f"`max_noise` must be a float in (0, 1], got {self.max_noise!r}. Use a small value "
