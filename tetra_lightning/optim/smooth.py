@@ -383,8 +383,7 @@ class SmoothStrategy(Strategy):
                 continue
             u = np.clip(c[center[k]] + steps[:, k], c[lo[k]], c[hi[k]])
             j = np.clip(np.searchsorted(c, u), 1, len(c) - 1)
-            nearest = np.where(np.abs(c[j - 1] - u) <= np.abs(c[j] - u), j - 1, j)
-            out[:, k] = np.clip(nearest, lo[k], hi[k])
+            out[:, k] = np.where(np.abs(c[j - 1] - u) <= np.abs(c[j] - u), j - 1, j)  # u lies in the box
         return out
 
     def _ei_ascent(self, gp: Any, starts: np.ndarray, lo: np.ndarray, hi: np.ndarray, best: float,

@@ -121,9 +121,9 @@ class TetraOpt:
             by default (not better on ``benchmarks/hpo.py`` yet), ``gauss_candidates`` (192: Gaussian steps of the
             incumbent in every axis at once among the candidates, 0 turns them off), ``transform`` (``"clip"``: how
             values are standardized for the surrogate, see :func:`~tetra_lightning.optim.smooth.warp_scores`) and
-            ``max_noise`` (0.01: the largest noise variance
-            the Gaussian process may fit, on standardized values, a float in (0, 1]; 1.0 lets the evidence explain
-            any difference as noise; ``TetraOptSampler(deterministic_objective=True)`` sets 1e-4);
+            ``max_noise`` (0.01: the largest noise variance the Gaussian process may fit, on standardized values,
+            a float in (0, 1]; 1.0 lets the evidence explain any difference as noise;
+            ``TetraOptSampler(deterministic_objective=True)`` sets 1e-4);
             ``batch`` (10), ``elite`` (3), ``lr`` (0.1), ``gd_steps`` (3) for ``protes``.
 
     Raises:

@@ -379,6 +379,7 @@ def _run_pruner(
                 before = (_snapshot(model), _graph_state(graph)) if verify_forward else None
                 group.prune()
                 if before is not None:
+                    _set_attributes(model, _dimension_attributes(model))  # as after the loop (ViT's hidden_dim)
                     failure = _forward_failure(model, example_inputs, expected)
                     if failure is not None:
                         _restore_in_place(before[0])
@@ -531,7 +532,15 @@ def prune_(
         _restore_in_place(snapshot)
         untouched.clear()
         run = _run_pruner(model, example_inputs, ratio, config, ignored, untouched, verify_forward=True)
-    _check_forward_or_restore(model, snapshot, example_inputs)
+        failure = _forward_failure(model, example_inputs)
+        if failure is not None:
+            _restore_in_place(snapshot)
+            raise RuntimeError(
+                f"prune_ pruned {type(model).__name__} into a model whose forward fails ({failure}); the model was "
+                "restored unpruned. Some operation reads a size that torch-pruning does not follow (a reshape by a "
+                "stored width, as MaxViT's attention does): pass the modules around it in `ignored_layers`, or "
+                "compress this model with compress_ instead."
+            )
     del snapshot
     operations = run.operations
     if computed_grads:
@@ -598,7 +607,6 @@ def _forward_failure(
     model: nn.Module, example_inputs: Any, expected: list[tuple[int, ...]] | None = None
 ) -> str | None:
     """Why one forward of ``model`` fails or changes the output shapes from ``expected``; ``None`` when it works."""
-    _set_attributes(model, _dimension_attributes(model))
     try:
         shapes = _output_shapes(model, example_inputs)
     except Exception as err:  # noqa: BLE001 - any failure means the pruned graph is inconsistent
@@ -621,27 +629,6 @@ def _restore_graph_state(graph: Any, state: tuple[dict[Any, Any], dict[Any, Any]
     graph._param_to_name.update(param_to_name)
     for node, module in node_modules:
         node.module = module
-
-
-def _check_forward_or_restore(
-    model: nn.Module, snapshot: list[tuple[nn.Module, dict[str, Any]]], example_inputs: Any
-) -> None:
-    """Runs one forward of the pruned ``model``; if it fails, restores ``model`` from ``snapshot`` and raises."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*_as_args(example_inputs))
-    except Exception as err:  # noqa: BLE001 - any failure means the pruned graph is inconsistent
-        _restore_in_place(snapshot)
-        raise RuntimeError(
-            f"prune_ pruned {type(model).__name__} into a model whose forward fails ({type(err).__name__}: {err}); "
-            "the model was restored unpruned. Some operation reads a size that torch-pruning does not follow "
-            "(a reshape by a stored width, as MaxViT's attention does): pass the modules around it in "
-            "`ignored_layers`, or compress this model with compress_ instead."
-        ) from err
-    finally:
-        model.train(was_training)
 
 
 def _solve_ratio(
