@@ -167,3 +167,14 @@ def test_non_numbers_do_not_fit_numeric_dimensions() -> None:
         Int(0, 3).index("2")
     with pytest.raises(ValueError, match="not a number"):
         Float(0.0, 1.0).index(math.nan)
+
+
+def test_nearest_levels_matches_the_scalar_snap_on_ties_and_outside_the_range() -> None:
+    from tetra_lightning.optim.space import _nearest, nearest_levels
+
+    coords = np.array([0.0, 0.1, 0.25, 0.5, 1.0])
+    values = np.array([-1.0, 0.0, 0.05, 0.06, 0.175, 0.3, 0.75, 0.9, 1.0, 2.0])
+    got = nearest_levels(coords, values)
+    assert got.tolist() == [_nearest(coords.tolist(), v) for v in values.tolist()]
+    assert got.tolist() == [0, 0, 0, 1, 1, 2, 3, 4, 4, 4]  # ties (0.05, 0.175, 0.75) take the lower level
+    assert nearest_levels(np.array([0.5]), np.array([0.0, 3.0])).tolist() == [0, 0]

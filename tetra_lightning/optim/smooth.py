@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tetra_lightning.optim._strategy import MAX_FIT_POINTS, Strategy, normal_scores
-from tetra_lightning.optim.space import Float, Int, SearchSpace
+from tetra_lightning.optim.space import Float, Int, SearchSpace, nearest_levels
 from tetra_lightning.optim.surrogate import GridGP
 
 if TYPE_CHECKING:
@@ -381,9 +381,7 @@ class SmoothStrategy(Strategy):
         for k, c in enumerate(self.coords):
             if c is None or lo[k] == hi[k]:
                 continue
-            u = np.clip(c[center[k]] + steps[:, k], c[lo[k]], c[hi[k]])
-            j = np.clip(np.searchsorted(c, u), 1, len(c) - 1)
-            out[:, k] = np.where(np.abs(c[j - 1] - u) <= np.abs(c[j] - u), j - 1, j)  # u lies in the box
+            out[:, k] = nearest_levels(c, np.clip(c[center[k]] + steps[:, k], c[lo[k]], c[hi[k]]))
         return out
 
     def _ei_ascent(self, gp: Any, starts: np.ndarray, lo: np.ndarray, hi: np.ndarray, best: float,

@@ -355,6 +355,15 @@ def _nearest(coords: Sequence[float], coord: float) -> int:
     return j - 1 if coord - coords[j - 1] <= coords[j] - coord else j
 
 
+def nearest_levels(coords: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """:func:`_nearest` for many values at once: the index of the sorted ``coords`` entry nearest to each value (the
+    first on a tie; values outside the range get the end level)."""
+    if len(coords) == 1:
+        return np.zeros(np.shape(values), dtype=np.int64)
+    j = np.clip(np.searchsorted(coords, values), 1, len(coords) - 1)
+    return np.where(np.abs(coords[j - 1] - values) <= np.abs(coords[j] - values), j - 1, j).astype(np.int64)
+
+
 def _choice_key(value: Any) -> Any:
     """A hashable key under which equal choices meet: bools apart from ints, NaN equal to NaN (None: unhashable)."""
     if isinstance(value, (bool, np.bool_)):
