@@ -11,6 +11,9 @@ epochs under the same LR schedule. Run kinds (``--runs``, comma-separated):
   to the parameter count the ``callback_<ratio>`` run reached (or ``<ratio>``), same epoch, same fine-tuning;
 - ``small_dense_<ratio>``: a dense ResNet-18 narrow enough to have that many fewer parameters (the width is found
   by bisection), trained from scratch for all epochs with the dense schedule;
+- ``small_dense_kd_<ratio>``: the same small network, distilled for all its epochs from the dense run's final
+  network (``--kd-alpha``, 1 when 0, and ``--kd-temperature``; needs ``--reuse-dense`` and the dense run first): the
+  baseline for runs fine-tuned with ``--kd-teacher final``, which learn from that network too;
 - ``tltorch_tucker[_<ratio>]`` / ``tltorch_cp[_<ratio>]``: every conv but the 3-channel stem replaced by
   tensorly-torch ``FactorizedConv.from_conv(conv, rank=<fraction>, factorization=..., implementation="factorized")``
   with one rank fraction for all layers, found so that the whole model is as much smaller as the matching
@@ -44,13 +47,14 @@ Protocols (from the repository root, with the package importable, e.g. ``PYTHONP
     # 15 epochs for every run, batch 256, SGD-Nesterov peak LR 0.2 after a 1-epoch warm-up, cosine to 0, label
     # smoothing 0.1, random crops and flips, 2 threads, NCHW; rewrite at the start of epoch 5 (10 epochs of
     # fine-tuning); the dense prefix (epochs 0-4) is trained once by the dense run and the compressed, pruned and
-    # tltorch runs resume from it. Runs, most important first: dense, callback_15, callback_4.5, pruning_15,
-    # small_dense_15, tltorch_tucker_15, pruning_4.5, small_dense_4.5. Estimated on the idle 2-core development
-    # CPU (~380 training images/s for the dense quarter-width network, ~2.2 min per epoch): dense ~35 min,
-    # callback_15 ~19 min, callback_4.5 ~23 min (with the distillation teacher's forward pass), pruning_15 ~10 min,
-    # small_dense_15 ~9 min, tltorch_tucker_15 ~13 min, pruning_4.5 ~15 min, small_dense_4.5 ~17 min: ~2 h 20 min
-    # for all; the default --budget-s 6600 (1 h 50 min) skips the last ones when the machine is slower than that.
-    # Run it on an idle machine:
+    # tltorch runs resume from it and distill from the dense run's final network (--kd-teacher final). Runs, most
+    # important first: dense, callback_15, callback_4.5, pruning_15, small_dense_15, tltorch_tucker_15,
+    # pruning_4.5, small_dense_4.5, then the small networks distilled from the same teacher, small_dense_kd_15 and
+    # small_dense_kd_4.5. Measured on the idle 2-core development CPU (2026-12-06, ~60-70 s per dense epoch):
+    # dense 17 min, callback_15 and callback_4.5 14 min each (with the teacher's forward pass), pruning_15 6 min,
+    # small_dense_15 5 min, tltorch_tucker_15 14 min, pruning_4.5 7 min, small_dense_4.5 7 min: 85 min for the
+    # first eight, ~20 min more for the distilled small networks; --budget-s 7800 (2 h 10 min) skips the last ones
+    # when the machine is slower than that. Run it on an idle machine:
     python benchmarks/resnet18_cifar10.py --cpu-full
     # the same code path on 512 training / 500 test images, 2 epochs, every run kind: a smoke test of a few minutes
     python benchmarks/resnet18_cifar10.py --cpu-full --smoke --out-dir /tmp/smoke
@@ -63,7 +67,8 @@ Protocols (from the repository root, with the package importable, e.g. ``PYTHONP
 
 GPU protocol (``--gpu-full``: full-width ResNet-18, 11.17M parameters, all of CIFAR-10, 24 epochs, rewrite at the
 start of epoch 8, batch 512, peak LR 0.4 after 2 warm-up epochs, cosine, bf16-mixed, channels_last, data resident
-on the GPU; the callback runs use the fine-tuning options of the CPU protocol), as two device commands of at most
+on the GPU; the callback runs use the fine-tuning options of the CPU protocol, distilling from the dense run's final
+network, which the dense run leaves in ``.cache/dense`` beside its epoch-8 state), as two device commands of at most
 ~6 minutes each on one H200. Only the checkout travels to the device machine: copy the packed file into the
 git-ignored ``data/`` folder first (``mkdir -p data && cp ../shared/data/cifar10/cifar10_jpeg_packed.npz data/``)
 and download the wheels the machine lacks into the git-ignored ``.whl/`` (tensorly 0.10.0, tensorly-torch 0.5.0,
@@ -123,13 +128,14 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK_EPOCHS, QUICK_START = 10, 3
 _RATIO = r"\d+(?:\.\d+)?"
 RUN_PATTERN = re.compile(
-    rf"^(?:(?P<dense>dense)|(?:c|callback_)(?P<c>{_RATIO})|(?:p|pruning_)(?P<p>{_RATIO})|small_dense_(?P<s>{_RATIO})"
+    rf"^(?:(?P<dense>dense)|(?:c|callback_)(?P<c>{_RATIO})|(?:p|pruning_)(?P<p>{_RATIO})|small_dense(?P<kd>_kd)?_(?P<s>{_RATIO})"
     rf"|tltorch_(?P<fact>tucker|cp)_?(?P<t>{_RATIO})?)$"
 )
-RUN_HELP = "dense, callback_<ratio> (c<ratio>), pruning_<ratio>, small_dense_<ratio>, tltorch_tucker[_<ratio>], " \
+RUN_HELP = "dense, callback_<ratio> (c<ratio>), pruning_<ratio>, small_dense_<ratio>, small_dense_kd_<ratio>, " \
+           "tltorch_tucker[_<ratio>], " \
            "tltorch_cp[_<ratio>]"
 CPU_FULL_RUNS = ("dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15,pruning_4.5,"
-                 "small_dense_4.5")
+                 "small_dense_4.5,small_dense_kd_15,small_dense_kd_4.5")
 #: Preset values; each applies only where the option was left at its default.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"width": 0.25, "threads": 2, "epochs": QUICK_EPOCHS, "start_epoch": QUICK_START, "batch_size": 128,
@@ -139,15 +145,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu_full": {"width": 0.25, "threads": 2, "epochs": 15, "start_epoch": 5, "batch_size": 256, "lr": 0.2,
                  "warmup_epochs": 1.0, "cpu_latency_threads": 1, "val_every": 0, "tltorch_iters": 10,
                  "latency_repeats": 3, "cpu_latency_repeats": 5, "cpu_latency_batches": "1,64", "cpu": True,
-                 "reuse_dense": True, "channels_last": False, "runs": CPU_FULL_RUNS, "budget_s": 6600.0,
-                 "kd_alpha": 1.0, "rewarm_epochs": 0.5},
+                 "reuse_dense": True, "channels_last": False, "runs": CPU_FULL_RUNS, "budget_s": 7800.0,
+                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5},
     "gpu_full": {"epochs": 24, "start_epoch": 8, "reuse_dense": True, "dense_cache": ".cache/dense",
-                 "kd_alpha": 1.0, "rewarm_epochs": 0.5},
+                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5},
     # --cpu-full --smoke: every run kind through the same code on a few hundred images
     "smoke": {"epochs": 2, "start_epoch": 1, "batch_size": 64, "lr": 0.05, "limit_train_images": 512, "limit_test_images": 500,
               "tltorch_iters": 3, "latency_repeats": 1, "cpu_latency_repeats": 1, "cpu_latency_batches": "1",
               "throughput_steps": 2, "calibration_steps": 1, "budget_s": None,
-              "runs": "dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15"},
+              "runs": "dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15,small_dense_kd_15"},
 }
 
 
@@ -320,6 +326,7 @@ class RunSpec:
     ratio: float | None = None
     factorization: str | None = None
     target: float | None = None  # the ratio asked for in the run's name
+    distilled: bool = False  # small_dense_kd_*: distilled from the dense run's final network from the first epoch
 
 
 def canonical_name(name: str, args: argparse.Namespace) -> str:
@@ -328,7 +335,8 @@ def canonical_name(name: str, args: argparse.Namespace) -> str:
     assert match is not None  # validated in parse_args
     if match.group("dense"):
         return "dense"
-    for group, prefix in (("c", "callback"), ("p", "pruning"), ("s", "small_dense")):
+    for group, prefix in (("c", "callback"), ("p", "pruning"), ("s", "small_dense_kd" if match.group("kd") else
+                                                                    "small_dense")):
         if match.group(group):
             return f"{prefix}_{_fmt_ratio(float(match.group(group)))}"
     ratio = float(match.group("t")) if match.group("t") else args.baseline_ratio
@@ -350,7 +358,7 @@ def parse_run(name: str, args: argparse.Namespace, results: dict[str, Any]) -> R
     if match.group("p"):
         return RunSpec(canonical, "pruning", ratio=ratio, target=target)
     if match.group("s"):
-        return RunSpec(canonical, "small_dense", ratio=ratio, target=target)
+        return RunSpec(canonical, "small_dense", ratio=ratio, target=target, distilled=bool(match.group("kd")))
     return RunSpec(canonical, "tltorch", ratio=ratio, factorization=match.group("fact"), target=target)
 
 
@@ -771,7 +779,11 @@ def measure(net: nn.Module, args: argparse.Namespace, cuda: bool) -> dict[str, A
 
 
 def finetune_options(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
-    """The fine-tuning a run gets after its rewrite (none for dense and small dense runs)."""
+    """The fine-tuning a run gets after its rewrite (none for dense and small dense runs); a distilled small dense
+    run learns from the dense run's final network for all its epochs."""
+    if spec.distilled:
+        return {"kd_alpha": args.kd_alpha or 1.0, "kd_temperature": args.kd_temperature, "kd_epochs": 0,
+                "kd_teacher": "final", "kd_start_epoch": 0, "rewarm_epochs": 0.0}
     if spec.kind in ("dense", "small_dense") or (spec.kind != "tetra" and not args.finetune_baselines):
         return {"kd_alpha": 0.0, "rewarm_epochs": 0.0}
     return {"kd_alpha": args.kd_alpha, "kd_temperature": args.kd_temperature, "kd_epochs": args.kd_epochs,
@@ -832,7 +844,8 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
                                            rewarm=rewarm))
     distillation = None
     if finetune["kd_alpha"] > 0:
-        stop = args.start_epoch + finetune["kd_epochs"] if finetune["kd_epochs"] else None
+        kd_start = finetune.get("kd_start_epoch", args.start_epoch)
+        stop = kd_start + finetune["kd_epochs"] if finetune["kd_epochs"] else None
         teacher = None
         if finetune["kd_teacher"] == "final":
             final = final_dense_path(snapshot) if snapshot is not None else None
@@ -844,7 +857,7 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
             if args.channels_last:
                 teacher = teacher.to(memory_format=torch.channels_last)
         distillation = DistillationCallback(alpha=finetune["kd_alpha"], temperature=finetune["kd_temperature"],
-                                            start_epoch=args.start_epoch, stop_epoch=stop, teacher=teacher,
+                                            start_epoch=kd_start, stop_epoch=stop, teacher=teacher,
                                             verbose=False)
     callbacks = [recorder.start, *structural]
     if args.channels_last:
@@ -956,13 +969,13 @@ class TimePlan:
         options = finetune_options(spec, args)
         if options["kd_alpha"] <= 0:
             return 0.0
-        epochs = args.epochs - args.start_epoch
+        epochs = args.epochs - options.get("kd_start_epoch", args.start_epoch)
         return min(epochs, options.get("kd_epochs") or epochs) * self.dense_epoch_s / 3
 
     def run_s(self, spec: RunSpec, args: argparse.Namespace, prefix_shared: bool) -> float:
         """Estimated seconds of ``spec``; ``prefix_shared``: it resumes from the dense state at the rewrite."""
         if spec.kind in ("dense", "small_dense"):
-            return args.epochs * self.epoch_s(spec, args) + self.eval_s
+            return args.epochs * self.epoch_s(spec, args) + self.teacher_s(spec, args) + self.eval_s
         prefix = 0.0 if prefix_shared else args.start_epoch * self.dense_epoch_s
         fine_tune = (args.epochs - args.start_epoch) * self.epoch_s(spec, args) + self.teacher_s(spec, args)
         return prefix + fine_tune + self.eval_s
