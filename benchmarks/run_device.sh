@@ -17,7 +17,7 @@ python3 benchmarks/resnet18_cifar10.py --cpu-full --no-cpu --budget-s "$budget" 
     --dense-cache .cache/dense_cpu_full --out-dir "$OUT/cpu_full" > "$OUT/cpu_full.log" 2>&1 &
 cpu_full=$!
 python3 benchmarks/resnet18_cifar10.py --gpu-full \
-    --runs dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15 \
+    --runs dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15,small_dense_kd_15 \
     --budget-s "$budget" --cache-dir /tmp/cifar_b --out-dir "$OUT" > "$OUT/gpu_full.log" 2>&1
 echo "gpu_full exit $?"
 wait "$cpu_full"
