@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -34,12 +35,17 @@ def test_wandb_offline_runs_hold_the_trials_table(tmp_path, monkeypatch):
     assert [row[0] for row in table["data"]] == [0, 1]
     assert [row[1] for row in table["data"]] == pytest.approx(list(result.trials["value"]))
     trial_runs = [r for r in runs if not (r / "files" / "media").exists()]
-    for number, run in enumerate(trial_runs):
-        # wandb's service process writes the run file and can land its records just after finish() returns on a
-        # loaded machine (as in test_wandb_logging): read until the run's name is there, at most 20 s
+    # the run folders sort by start second, then by a random id: two trials started in one second come in either
+    # order, so match each run to its trial by the name it holds. wandb's service process writes the run file and
+    # can land its records just after finish() returns on a loaded machine (as in test_wandb_logging): read until
+    # a trial name is there, at most 20 s.
+    names = []
+    for run in trial_runs:
         deadline = time.monotonic() + 20.0
         record = next(run.glob("run-*.wandb")).read_bytes()
-        while f"trial-{number}".encode() not in record and time.monotonic() < deadline:
+        while not re.search(rb"trial-\d+", record) and time.monotonic() < deadline:
             time.sleep(0.5)
             record = next(run.glob("run-*.wandb")).read_bytes()
-        assert f"trial-{number}".encode() in record and b"wbstudy" in record  # name and group
+        assert b"wbstudy" in record  # the group
+        names.append(set(re.findall(rb"trial-\d+", record)))
+    assert names in ([{b"trial-0"}, {b"trial-1"}], [{b"trial-1"}, {b"trial-0"}])
