@@ -299,6 +299,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.runs.split(","):
         if not RUN_PATTERN.match(name.strip()):
             parser.error(f"unknown run {name!r}: use {RUN_HELP}")
+    distilled = [n for n in args.runs.split(",") if n.strip().startswith("small_dense_kd_")]
+    if (distilled or (args.kd_teacher == "final" and args.kd_alpha > 0)) and not args.reuse_dense:
+        parser.error(f"{'run ' + distilled[0] if distilled else '--kd-teacher final'} distills from the dense run's "
+                     "final network, which only --reuse-dense keeps: add --reuse-dense (and the dense run first)")
     return args
 
 
@@ -850,8 +854,9 @@ def run_one(spec: RunSpec, args: argparse.Namespace, arrays: CIFAR10Arrays, dens
         if finetune["kd_teacher"] == "final":
             final = final_dense_path(snapshot) if snapshot is not None else None
             if final is None or not final.is_file():
-                raise FileNotFoundError(f"--kd-teacher final needs the dense run's final weights ({final}): run "
-                                        "dense first, with --reuse-dense")
+                raise FileNotFoundError(f"{spec.name} distills from the dense run's final weights ({final}), which "
+                                        "are not there yet: run dense first in this or an earlier invocation with "
+                                        "the same training options and --reuse-dense")
             teacher = cifar_resnet18(num_classes=10, width=args.width)
             teacher.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
             if args.channels_last:
