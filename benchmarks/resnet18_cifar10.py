@@ -47,7 +47,8 @@ Protocols (from the repository root, with the package importable, e.g. ``PYTHONP
     # 15 epochs for every run, batch 256, SGD-Nesterov peak LR 0.2 after a 1-epoch warm-up, cosine to 0, label
     # smoothing 0.1, random crops and flips, 2 threads, NCHW; rewrite at the start of epoch 5 (10 epochs of
     # fine-tuning); the dense prefix (epochs 0-4) is trained once by the dense run and the compressed, pruned and
-    # tltorch runs resume from it and distill from the dense run's final network (--kd-teacher final). Runs, most
+    # tltorch runs resume from it and distill from the dense run's final network (--kd-teacher final); the callback
+    # and pruning runs reach their ratio in two stages, at the start of epochs 5 and 6 (--steps 2). Runs, most
     # important first: dense, callback_15, callback_4.5, pruning_15, small_dense_15, tltorch_tucker_15,
     # pruning_4.5, small_dense_4.5, then the small networks distilled from the same teacher, small_dense_kd_15 and
     # small_dense_kd_4.5. Measured on the idle 2-core development CPU (2026-12-06, ~60-70 s per dense epoch):
@@ -56,7 +57,7 @@ Protocols (from the repository root, with the package importable, e.g. ``PYTHONP
     # first eight, ~20 min more for the distilled small networks; --budget-s 7800 (2 h 10 min) skips the last ones
     # when the machine is slower than that. Run it on an idle machine:
     python benchmarks/resnet18_cifar10.py --cpu-full
-    # the same code path on 512 training / 500 test images, 2 epochs, every run kind: a smoke test of a few minutes
+    # the same code path on 512 training / 500 test images, 3 epochs (two stages), every run kind: a few minutes
     python benchmarks/resnet18_cifar10.py --cpu-full --smoke --out-dir /tmp/smoke
 
     # --quick: the earlier CPU protocol, quarter-width ResNet-18 on the 5000-image subset, 10 epochs (rewrite at the
@@ -146,11 +147,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "warmup_epochs": 1.0, "cpu_latency_threads": 1, "val_every": 0, "tltorch_iters": 10,
                  "latency_repeats": 3, "cpu_latency_repeats": 5, "cpu_latency_batches": "1,64", "cpu": True,
                  "reuse_dense": True, "channels_last": False, "runs": CPU_FULL_RUNS, "budget_s": 7800.0,
-                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5},
+                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5, "steps": 2},
     "gpu_full": {"epochs": 24, "start_epoch": 8, "reuse_dense": True, "dense_cache": ".cache/dense",
-                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5},
+                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5, "steps": 2},
     # --cpu-full --smoke: every run kind through the same code on a few hundred images
-    "smoke": {"epochs": 2, "start_epoch": 1, "batch_size": 64, "lr": 0.05, "limit_train_images": 512, "limit_test_images": 500,
+    "smoke": {"epochs": 3, "start_epoch": 1, "batch_size": 64, "lr": 0.05, "limit_train_images": 512, "limit_test_images": 500,
               "tltorch_iters": 3, "latency_repeats": 1, "cpu_latency_repeats": 1, "cpu_latency_batches": "1",
               "throughput_steps": 2, "calibration_steps": 1, "budget_s": None,
               "runs": "dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15,small_dense_kd_15"},
@@ -260,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     protocol.add_argument("--gpu-full", action="store_true",
                           help="GPU protocol: full-width ResNet-18 on all of CIFAR-10, 24 epochs, rewrite at 8")
     protocol.add_argument("--smoke", action="store_true",
-                          help="with --cpu-full: every run kind on 512 training / 500 test images for 2 epochs")
+                          help="with --cpu-full: every run kind on 512 training / 500 test images for 3 epochs")
     args = parser.parse_args(argv)
 
     chosen = [name for name in ("quick", "cpu_full", "gpu_full") if getattr(args, name)]
