@@ -51,10 +51,10 @@ Protocols (from the repository root, with the package importable, e.g. ``PYTHONP
     # and pruning runs reach their ratio in two stages, at the start of epochs 5 and 6 (--steps 2). Runs, most
     # important first: dense, callback_15, callback_4.5, pruning_15, small_dense_15, tltorch_tucker_15,
     # pruning_4.5, small_dense_4.5, then the small networks distilled from the same teacher, small_dense_kd_15 and
-    # small_dense_kd_4.5. Measured on the idle 2-core development CPU (2026-12-06, ~60-70 s per dense epoch):
-    # dense 17 min, callback_15 and callback_4.5 14 min each (with the teacher's forward pass), pruning_15 6 min,
-    # small_dense_15 5 min, tltorch_tucker_15 14 min, pruning_4.5 7 min, small_dense_4.5 7 min: 85 min for the
-    # first eight, ~20 min more for the distilled small networks; --budget-s 7800 (2 h 10 min) skips the last ones
+    # small_dense_kd_4.5. Measured on the idle 2-core development CPU (2026-12-06, ~62 s per dense epoch, rev
+    # d0e0722): dense 16 min, callback_15 17 min and callback_4.5 16 min (with the teacher's forward pass),
+    # pruning_15 6 min, small_dense_15 4 min, tltorch_tucker_15 14 min, pruning_4.5 7 min, small_dense_4.5 7 min,
+    # small_dense_kd_15 8 min, small_dense_kd_4.5 11 min: 105 min in all; --budget-s 7800 (2 h 10 min) skips the last ones
     # when the machine is slower than that. Run it on an idle machine:
     python benchmarks/resnet18_cifar10.py --cpu-full
     # the same code path on 512 training / 500 test images, 3 epochs (two stages), every run kind: a few minutes
