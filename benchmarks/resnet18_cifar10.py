@@ -54,8 +54,8 @@ Protocols (from the repository root, with the package importable, e.g. ``PYTHONP
     # small_dense_kd_4.5. Measured on the idle 2-core development CPU (2026-12-06, ~62 s per dense epoch, rev
     # d0e0722): dense 16 min, callback_15 17 min and callback_4.5 16 min (with the teacher's forward pass),
     # pruning_15 6 min, small_dense_15 4 min, tltorch_tucker_15 14 min, pruning_4.5 7 min, small_dense_4.5 7 min,
-    # small_dense_kd_15 8 min, small_dense_kd_4.5 11 min: 105 min in all; --budget-s 7800 (2 h 10 min) skips the last ones
-    # when the machine is slower than that. Run it on an idle machine:
+    # small_dense_kd_15 8 min, small_dense_kd_4.5 11 min: 105 min in all; --budget-s 7800 (2 h 10 min) skips the
+    # last ones when the machine is slower than that. Run it on an idle machine:
     python benchmarks/resnet18_cifar10.py --cpu-full
     # the same code path on 512 training / 500 test images, 3 epochs (two stages), every run kind: a few minutes
     python benchmarks/resnet18_cifar10.py --cpu-full --smoke --out-dir /tmp/smoke
@@ -137,6 +137,9 @@ RUN_HELP = "dense, callback_<ratio> (c<ratio>), pruning_<ratio>, small_dense_<ra
            "tltorch_cp[_<ratio>]"
 CPU_FULL_RUNS = ("dense,callback_15,callback_4.5,pruning_15,small_dense_15,tltorch_tucker_15,pruning_4.5,"
                  "small_dense_4.5,small_dense_kd_15,small_dense_kd_4.5")
+#: How --cpu-full and --gpu-full fine-tune after a rewrite: two stages, distillation from the dense run's final
+#: network, half an epoch of LR re-warming after each stage.
+FULL_FINETUNE: dict[str, Any] = {"kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5, "steps": 2}
 #: Preset values; each applies only where the option was left at its default.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"width": 0.25, "threads": 2, "epochs": QUICK_EPOCHS, "start_epoch": QUICK_START, "batch_size": 128,
@@ -147,9 +150,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "warmup_epochs": 1.0, "cpu_latency_threads": 1, "val_every": 0, "tltorch_iters": 10,
                  "latency_repeats": 3, "cpu_latency_repeats": 5, "cpu_latency_batches": "1,64", "cpu": True,
                  "reuse_dense": True, "channels_last": False, "runs": CPU_FULL_RUNS, "budget_s": 7800.0,
-                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5, "steps": 2},
-    "gpu_full": {"epochs": 24, "start_epoch": 8, "reuse_dense": True, "dense_cache": ".cache/dense",
-                 "kd_alpha": 1.0, "kd_teacher": "final", "rewarm_epochs": 0.5, "steps": 2},
+                 **FULL_FINETUNE},
+    "gpu_full": {"epochs": 24, "start_epoch": 8, "reuse_dense": True, "dense_cache": ".cache/dense", **FULL_FINETUNE},
     # --cpu-full --smoke: every run kind through the same code on a few hundred images
     "smoke": {"epochs": 3, "start_epoch": 1, "batch_size": 64, "lr": 0.05, "limit_train_images": 512, "limit_test_images": 500,
               "tltorch_iters": 3, "latency_repeats": 1, "cpu_latency_repeats": 1, "cpu_latency_batches": "1",
